@@ -1,0 +1,13 @@
+"""Datasets: built-in captioned sets, splits, batching."""
+
+from t2i_drift.data.openmoji import OPENMOJI_ATTRIBUTION, OpenMojiDataset, openmoji_items, render_emoji
+from t2i_drift.data.splits import caption_hash, is_validation_caption
+
+__all__ = [
+    "OPENMOJI_ATTRIBUTION",
+    "OpenMojiDataset",
+    "caption_hash",
+    "is_validation_caption",
+    "openmoji_items",
+    "render_emoji",
+]

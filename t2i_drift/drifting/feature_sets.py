@@ -1,0 +1,87 @@
+"""Feature sets of METHOD.md section 4: turn feature maps into keyed groups of vectors.
+
+Every function returns ``[N, L, D]``: for each of N images, L feature locations (each location is
+its own group in the loss) of dimension D. Each returned entry is its own feature key with its own
+normalization (section 3). Official sets, per encoder feature map of shape [N, C, H, W]:
+
+    (a) per-location vectors        L = H*W,            D = C
+    (b) global mean, global std     L = 1,              D = C   (two keys)
+    (c) 2x2-patch mean and std      L = (H/2)*(W/2),    D = C   (two keys)
+    (d) 4x4-patch mean and std      L = (H/4)*(W/4),    D = C   (two keys)
+
+plus the per-channel RMS of the encoder input and the flattened raw generator output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+# Keeps sqrt differentiable where a patch is constant (std = 0).
+_STD_EPS = 1e-6
+
+
+def per_location(fmap: torch.Tensor) -> torch.Tensor:
+    """(a) [N, C, H, W] -> [N, H*W, C]."""
+    return fmap.flatten(2).transpose(1, 2)
+
+
+def global_mean_std(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b) [N, C, H, W] -> mean [N, 1, C], std [N, 1, C] over H, W."""
+    mean = fmap.mean(dim=(2, 3))
+    var = (fmap.square().mean(dim=(2, 3)) - mean.square()).clamp_min(0.0)
+    return mean.unsqueeze(1), (var + _STD_EPS).sqrt().unsqueeze(1)
+
+
+def patch_mean_std(fmap: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(c)/(d) mean and std over non-overlapping patch x patch windows.
+
+    [N, C, H, W] -> two [N, (H//patch)*(W//patch), C]; trailing rows/columns that do not fill a
+    window are dropped (as average pooling does).
+    """
+    mean = F.avg_pool2d(fmap, patch)
+    var = (F.avg_pool2d(fmap.square(), patch) - mean.square()).clamp_min(0.0)
+    return per_location(mean), per_location((var + _STD_EPS).sqrt())
+
+
+def input_rms(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel RMS of the encoder input: [N, C, H, W] -> [N, 1, C]."""
+    return x.square().mean(dim=(2, 3)).add(_STD_EPS).sqrt().unsqueeze(1)
+
+
+def flattened(x: torch.Tensor) -> torch.Tensor:
+    """The raw output as one vector: [N, C, H, W] -> [N, 1, C*H*W]."""
+    return x.flatten(1).unsqueeze(1)
+
+
+def map_feature_sets(
+    fmap: torch.Tensor,
+    name: str,
+    patch_sizes: Sequence[int] = (2, 4),
+    include_per_location: bool = True,
+    include_global: bool = True,
+) -> dict[str, torch.Tensor]:
+    """All official sets of one feature map, keyed ``<name>/<set>``.
+
+    A patch size whose pooled map would be 1x1 duplicates the global mean/std and is skipped;
+    so is a patch size larger than the map.
+
+    Args:
+        fmap: [N, C, H, W] feature map.
+        name: key prefix, e.g. ``"effnet.b3"``.
+    Returns:
+        dict key -> [N, L, D].
+    """
+    out: dict[str, torch.Tensor] = {}
+    if include_per_location:
+        out[f"{name}/loc"] = per_location(fmap)
+    if include_global:
+        out[f"{name}/mean"], out[f"{name}/std"] = global_mean_std(fmap)
+    _, _, H, W = fmap.shape
+    for patch in patch_sizes:
+        if H // patch * (W // patch) <= 1:
+            continue
+        out[f"{name}/mean{patch}x{patch}"], out[f"{name}/std{patch}x{patch}"] = patch_mean_std(fmap, patch)
+    return out

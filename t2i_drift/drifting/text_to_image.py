@@ -1,0 +1,102 @@
+"""Text-to-image grouping of the drifting loss (METHOD.md section 7): group = prompt x location.
+
+For B prompts with G generated samples each, a feature key with L locations per image gives
+B*L groups. Group (b, l) holds
+    gen: the G samples of prompt b at location l                      [G, D]
+    pos: the paired real image of prompt b at location l             [1, D]
+    neg: the real images of all B prompts at location l (the unconditional set of section 5),
+         masked where the caption equals prompt b's (paper footnote: exclude c), weighted w_cfg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from t2i_drift.drifting.field import DEFAULT_TEMPERATURES, drifting_loss
+from t2i_drift.drifting.guidance import guidance_weight
+
+
+def group_by_prompt(
+    gen: torch.Tensor, real: torch.Tensor, samples_per_prompt: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Arrange one key's features into groups.
+
+    Args:
+        gen: [B*G, L, D] features of the generated images, prompt-major (the G samples of prompt
+            b are rows b*G .. b*G+G-1).
+        real: [B, L, D] features of the paired real images.
+        samples_per_prompt: G.
+    Returns:
+        gen_groups [B*L, G, D], pos_groups [B*L, 1, D], neg_groups [B*L, B, D]; group index b*L + l.
+    """
+    BG, L, D = gen.shape
+    B = real.shape[0]
+    if BG != B * samples_per_prompt:
+        raise ValueError(
+            f"{BG} generated rows do not match {B} prompts x {samples_per_prompt} samples per prompt"
+        )
+    gen_groups = gen.view(B, samples_per_prompt, L, D).transpose(1, 2).reshape(B * L, samples_per_prompt, D)
+    pos_groups = real.reshape(B * L, 1, D)
+    # Every group at location l sees all B real images at l: [L, B, D] tiled over the prompts.
+    neg_groups = real.transpose(0, 1).unsqueeze(0).expand(B, L, B, D).reshape(B * L, B, D)
+    return gen_groups, pos_groups, neg_groups
+
+
+def uncond_mask(caption_ids: torch.Tensor) -> torch.Tensor:
+    """[B] ids of the prompts' captions -> [B, B] bool, True where prompt b may use image b' as an
+    unconditional negative (different caption; the paired image itself is always excluded)."""
+    return caption_ids.view(-1, 1) != caption_ids.view(1, -1)
+
+
+def text_to_image_drift_loss(
+    gen_features: Mapping[str, torch.Tensor],
+    real_features: Mapping[str, torch.Tensor],
+    samples_per_prompt: int,
+    alpha: torch.Tensor,
+    caption_ids: torch.Tensor,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    *,
+    distributed: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over feature keys of the normalized drifting loss (METHOD.md sections 3, 5, 7).
+
+    Args:
+        gen_features: key -> [B*G, L, D] generated features (with grad).
+        real_features: key -> [B, L, D] features of the paired real images (no grad needed).
+        samples_per_prompt: G (>= 2).
+        alpha: [B] guidance scale per prompt.
+        caption_ids: [B] integer id per caption; equal ids mark identical captions.
+        temperatures: taus.
+        distributed: pool normalization scalars across processes.
+    Returns:
+        loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>``.
+    """
+    if samples_per_prompt < 2:
+        raise ValueError(f"samples_per_prompt must be >= 2 (drift needs negatives), got {samples_per_prompt}")
+    if set(gen_features) != set(real_features):
+        raise ValueError(
+            f"generated and real feature keys differ: {sorted(set(gen_features) ^ set(real_features))}"
+        )
+    valid = uncond_mask(caption_ids.to(alpha.device))  # [B, B]
+    w_cfg = guidance_weight(alpha, samples_per_prompt, valid.sum(1))  # [B]
+    total = torch.zeros((), device=alpha.device)
+    stats: dict[str, float] = {}
+    for key in gen_features:
+        gen, pos, neg = group_by_prompt(gen_features[key], real_features[key], samples_per_prompt)
+        L = real_features[key].shape[1]
+        loss, key_stats = drifting_loss(
+            gen,
+            pos,
+            neg,
+            neg_weights=w_cfg.repeat_interleave(L).unsqueeze(1),  # [B*L, 1] -> broadcast to [B*L, B]
+            temperatures=temperatures,
+            normalize=True,
+            neg_mask=valid.repeat_interleave(L, dim=0),  # [B*L, B]
+            distributed=distributed,
+        )
+        total = total + loss
+        stats[f"loss/{key}"] = float(loss)
+        stats.update({f"{key}/{name}": value for name, value in key_stats.items()})
+    return total, stats
