@@ -97,6 +97,6 @@ def text_to_image_drift_loss(
             distributed=distributed,
         )
         total = total + loss
-        stats[f"loss/{key}"] = float(loss)
+        stats[f"loss/{key}"] = loss.item()
         stats.update({f"{key}/{name}": value for name, value in key_stats.items()})
     return total, stats

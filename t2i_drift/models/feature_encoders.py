@@ -53,6 +53,7 @@ class EfficientNetLite0Features(FrozenEncoder):
         blocks: Sequence[int] = (0, 2, 4, 10),
         input_size: int = 64,
         patch_sizes: Sequence[int] = (2, 4),
+        per_location: bool = True,
         weights_path: str | None = None,
     ):
         super().__init__()
@@ -73,6 +74,7 @@ class EfficientNetLite0Features(FrozenEncoder):
         self.block_ids = tuple(sorted(set(blocks)))
         self.input_size = input_size
         self.patch_sizes = tuple(patch_sizes)
+        self.per_location = per_location
         self.freeze()
 
     def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
@@ -92,7 +94,7 @@ class EfficientNetLite0Features(FrozenEncoder):
         x, maps = self.feature_maps(images)
         out = {"effnet/input_rms": input_rms(x)}
         for idx, fmap in maps.items():
-            out.update(map_feature_sets(fmap, f"effnet.b{idx}", self.patch_sizes))
+            out.update(map_feature_sets(fmap, f"effnet.b{idx}", self.patch_sizes, self.per_location))
         return out
 
 

@@ -28,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 # Named sizes. The small ones train on a laptop CPU; B and L follow DiT-B / DiT-L widths.
 DRIFTING_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_attention_heads=2, num_register_tokens=4),
+    "XS": dict(hidden_size=192, num_layers=4, num_attention_heads=3, num_register_tokens=16),
     "S": dict(hidden_size=256, num_layers=6, num_attention_heads=4, num_register_tokens=16),
     "M": dict(hidden_size=384, num_layers=8, num_attention_heads=6, num_register_tokens=16),
     "B": dict(hidden_size=768, num_layers=12, num_attention_heads=12, num_register_tokens=16),

@@ -1,0 +1,12 @@
+"""t2i_drift: one-step text-to-image generators trained with the drifting objective.
+
+Importing the package registers the diffusers components eagerly: diffusers 0.42 resolves a
+third-party component saved as ``t2i_drift.models.transformer_drifting`` only through
+``sys.modules`` when a pipeline folder is loaded.
+"""
+
+from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
+
+__version__ = "0.1.0"
+__all__ = ["DriftingPipeline", "DriftingTransformer2DModel", "__version__"]

@@ -1,0 +1,5 @@
+"""diffusers pipelines."""
+
+from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
+
+__all__ = ["DriftingPipeline"]

@@ -1,0 +1,55 @@
+"""Build the pieces of a run from its config: generator, feature encoder, text encoder, optimizer."""
+
+from __future__ import annotations
+
+import torch
+
+from t2i_drift.models.feature_encoders import EfficientNetLite0Features, MultiFeatureEncoder, RawFeatures
+from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+from t2i_drift.training.config import Config
+
+
+def build_transformer(cfg: Config, text_embed_dim: int, pooled_embed_dim: int) -> DriftingTransformer2DModel:
+    """The generator for pixel space at ``data.resolution``; ``model.overrides`` win over the preset."""
+    args = dict(
+        sample_size=cfg.data.resolution,
+        patch_size=cfg.model.patch_size,
+        in_channels=3,
+        text_embed_dim=text_embed_dim,
+        pooled_embed_dim=pooled_embed_dim,
+    )
+    args.update(cfg.model.overrides)
+    try:
+        return DriftingTransformer2DModel.from_preset(cfg.model.preset, **args)
+    except TypeError as err:
+        raise ValueError(f"model.overrides: {err}") from None
+
+
+def build_feature_encoder(cfg: Config) -> MultiFeatureEncoder:
+    """Frozen encoders whose keyed features enter the loss (METHOD.md section 4)."""
+    encoders: dict[str, torch.nn.Module] = {}
+    if cfg.features.effnet:
+        encoders["effnet"] = EfficientNetLite0Features(
+            blocks=cfg.features.effnet_blocks,
+            input_size=cfg.features.effnet_input_size,
+            patch_sizes=cfg.features.patch_sizes,
+            per_location=cfg.features.per_location,
+        )
+    if cfg.features.raw:
+        encoders["raw"] = RawFeatures()
+    if not encoders:
+        raise ValueError("features: enable at least one of features.effnet and features.raw")
+    return MultiFeatureEncoder(encoders)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (no decay on norms, biases and 1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    if len(cfg.optim.betas) != 2:
+        raise ValueError(f"optim.betas must have two values, got {cfg.optim.betas}")
+    return torch.optim.AdamW(groups, lr=cfg.optim.learning_rate, betas=tuple(cfg.optim.betas))

@@ -1,0 +1,249 @@
+"""Run configuration: a tree of typed dataclasses, loaded from YAML, overridden as ``section.key=value``.
+
+Loading is strict: an unknown section or key, or a value of the wrong type, raises a
+``ConfigError`` that names the file (or override) and the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or has a value of the wrong type."""
+
+
+@dataclass
+class DataConfig:
+    name: Literal["openmoji"] = "openmoji"
+    """Built-in dataset (HF datasets and webdataset sources arrive with the data issue)."""
+    resolution: int = 32
+    val_fraction: float = 0.05
+    """Share of captions held out (by caption hash) as the validation split."""
+    max_samples: int | None = None
+    """Keep only the first N training pairs (tests, quick runs)."""
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "XS"
+    """Named size from ``DRIFTING_PRESETS`` (tiny, XS, S, M, B, L)."""
+    patch_size: int = 4
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Any other ``DriftingTransformer2DModel`` config argument, e.g. {num_layers: 8}."""
+
+
+@dataclass
+class TextConfig:
+    encoder: str = "minilm"
+    """``minilm`` (offline, built in) or a hub id / local folder of a transformers text encoder."""
+    max_length: int = 32
+    pooling: Literal["mean", "cls", "pooler"] = "mean"
+
+
+@dataclass
+class FeaturesConfig:
+    effnet: bool = True
+    """Use frozen EfficientNet-Lite0 multi-scale features."""
+    effnet_blocks: list[int] = field(default_factory=lambda: [0, 2, 4, 10])
+    effnet_input_size: int = 32
+    patch_sizes: list[int] = field(default_factory=lambda: [2, 4])
+    per_location: bool = True
+    """Include set (a), per-location vectors, of every EfficientNet map."""
+    raw: bool = True
+    """The flattened generator output as one more feature key."""
+
+
+@dataclass
+class DriftConfig:
+    samples_per_prompt: int = 4
+    """G generated samples per prompt (>= 2): the self-masked negatives of each group."""
+    temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.2])
+    alpha_max: float = 4.0
+    alpha_power: float = 3.0
+    alpha_fraction_at_one: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    learning_rate: float = 4e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_grad_norm: float = 2.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    """Ramp the EMA decay up as 1 - (1 + step)^(-2/3) so short runs get a useful average."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/default"
+    batch_size: int = 16
+    """Prompts per step per process; each prompt draws ``drift.samples_per_prompt`` samples."""
+    max_steps: int = 600
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpointing_steps: int = 200
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
+    log_every: int = 10
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class EvalConfig:
+    sample_prompts: list[str] = field(
+        default_factory=lambda: ["teapot", "red apple", "grinning face", "rocket", "dog face", "sun", "France", "pizza"]
+    )
+    samples_per_grid_prompt: int = 4
+    guidance_scale: float = 1.0
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+#                                     strict loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` converted to ``annotation`` (int -> float only) or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not match {annotation}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it spells.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported annotation {annotation}")
+
+
+def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        dotted = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {sorted(names)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge_into(current, value, dotted)
+        else:
+            setattr(obj, key, _check_value(value, hints[key], dotted))
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts; ``source`` names the origin in error messages."""
+    cfg = Config()
+    try:
+        _merge_into(cfg, values or {}, "")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.5``, ``[1, 2]``, ``null``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        if len(keys) < 2:
+            raise ConfigError(f"override {item!r} must name a section and a key, e.g. train.max_steps=10")
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        nested: dict[str, Any] = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        try:
+            _merge_into(cfg, nested, "")
+        except ConfigError as err:
+            raise ConfigError(f"override {item!r}: {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML recipe (None: the built-in defaults) and apply dotted overrides."""
+    if path is None:
+        cfg = Config()
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        cfg = config_from_dict(values or {}, source=str(path))
+    return apply_overrides(cfg, overrides or [])
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,302 @@
+"""The Accelerate training loop for text-to-image drifting (DESIGN.md "the path of one batch").
+
+    batch (image, caption) -> cached text embeddings -> per prompt: G noises, one alpha, style
+    -> generator forward [B*G, 3, R, R] -> frozen features (generated with grad, real without)
+    -> text_to_image_drift_loss -> backward, clip, AdamW, EMA -> log, checkpoint -> export
+
+Output folder layout (``train.output_dir``):
+    config.yaml                 resolved run config
+    logs/metrics.jsonl          one JSON line per logged step
+    checkpoints/checkpoint-N/   resumable state (safetensors + JSON)
+    samples/step-N.png          sample grids of the EMA generator
+    pipeline/                   the exported DriftingPipeline (EMA weights): load with
+                                DriftingPipeline.from_pretrained(<output_dir>/pipeline)
+    run_summary.json            wall time, throughput, peak memory
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.splits import caption_hash
+from t2i_drift.drifting.guidance import sample_alpha
+from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
+from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
+from t2i_drift.text.encoders import encode_in_batches, load_text_encoder
+from t2i_drift.training.builders import build_feature_encoder, build_optimizer, build_transformer
+from t2i_drift.training.checkpoint import (
+    CHECKPOINT_PREFIX,
+    TrainerState,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
+from t2i_drift.training.config import Config, save_config
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_SUBDIR = "pipeline"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset:
+    if cfg.data.name != "openmoji":
+        raise ValueError(f"data.name={cfg.data.name!r} is not a known dataset")
+    return OpenMojiDataset(
+        split=split,
+        resolution=cfg.data.resolution,
+        val_fraction=cfg.data.val_fraction,
+        max_samples=cfg.data.max_samples if split == "train" else None,
+    )
+
+
+def make_pipeline(
+    cfg: Config, transformer: DriftingTransformer2DModel, text_encoder, tokenizer
+) -> DriftingPipeline:
+    return DriftingPipeline(
+        transformer=transformer,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        max_sequence_length=cfg.text.max_length,
+        text_pooling=cfg.text.pooling,
+        guidance_scale_range=(1.0, cfg.drift.alpha_max),
+    )
+
+
+def sample_grid(pipe: DriftingPipeline, cfg: Config, seed: int):
+    """Grid: one row per ``eval.sample_prompts`` entry, ``eval.samples_per_grid_prompt`` columns."""
+    n = cfg.eval.samples_per_grid_prompt
+    images = pipe(
+        list(cfg.eval.sample_prompts),
+        num_images_per_prompt=n,
+        guidance_scale=cfg.eval.guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+    ).images
+    return make_image_grid(images, rows=len(cfg.eval.sample_prompts), cols=n)
+
+
+def train(cfg: Config) -> Path:
+    """Run training as configured; returns the exported pipeline folder."""
+    out_dir = Path(cfg.train.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        project_dir=str(out_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed),
+    )
+    set_seed(cfg.train.seed, device_specific=True)
+    main = accelerator.is_main_process
+    if main:
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (out_dir / "samples").mkdir(exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    G = cfg.drift.samples_per_prompt
+    if G < 2:
+        raise ValueError(f"drift.samples_per_prompt must be >= 2, got {G}")
+
+    # --- data and text conditioning (encoded once, frozen) ---
+    dataset = build_dataset(cfg, "train")
+    if len(dataset) < cfg.train.batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} training pairs")
+    tokenizer, text_encoder = load_text_encoder(cfg.text.encoder)
+    text_encoder.to(accelerator.device)
+    captions = encode_in_batches(
+        text_encoder, tokenizer, dataset.captions, cfg.text.max_length, cfg.text.pooling, progress=main
+    ).to(accelerator.device)
+    caption_ids = torch.tensor([caption_hash(c) for c in dataset.captions], device=accelerator.device)
+    # The loop's own generator for noise, alpha and style draws: nothing else consumes it, so a
+    # resumed run continues the exact stream (libraries may draw from the global RNG at any time).
+    rng = torch.Generator(device=accelerator.device).manual_seed(cfg.train.seed * 1000 + accelerator.process_index)
+    loader = DataLoader(
+        dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+
+    # --- models ---
+    model = build_transformer(cfg, text_encoder.config.hidden_size, captions.pooled.shape[-1])
+    if cfg.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    features = build_feature_encoder(cfg).to(accelerator.device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = get_scheduler(
+        "constant_with_warmup", optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    unwrapped: DriftingTransformer2DModel = accelerator.unwrap_model(model)
+    ema = EMAModel(
+        unwrapped.parameters(),
+        decay=cfg.optim.ema_decay,
+        use_ema_warmup=cfg.optim.ema_warmup,
+        model_cls=DriftingTransformer2DModel,
+        model_config=unwrapped.config,
+    )
+    ema.to(accelerator.device)
+
+    # --- resume ---
+    ckpt_root = out_dir / "checkpoints"
+    state = TrainerState(step=0, epoch=0, batches_in_epoch=0)
+    resume = resolve_resume(cfg.train.resume_from_checkpoint, ckpt_root)
+    if resume is not None:
+        state = load_checkpoint(
+            resume, model=unwrapped, ema=ema, optimizer=optimizer, scheduler=scheduler,
+            process_index=accelerator.process_index, generators={"train": rng},
+        )
+        accelerator.print(f"resumed from {resume} at step {state.step}")
+
+    n_params = sum(p.numel() for p in unwrapped.parameters())
+    accelerator.print(
+        f"{len(dataset)} training pairs | generator {n_params / 1e6:.2f}M params | "
+        f"{cfg.train.batch_size} prompts x {G} samples per step per process | {accelerator.num_processes} process(es)"
+    )
+
+    # --- loop ---
+    metrics_file = (out_dir / "logs" / "metrics.jsonl").open("a") if main else None
+    progress = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", disable=not main)
+    distributed = accelerator.num_processes > 1
+    t_start = time.perf_counter()
+    steps_this_run = 0
+    while state.step < cfg.train.max_steps:
+        loader.set_epoch(state.epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        for batch in epoch_loader:
+            stats = train_step(
+                model, unwrapped, features, batch, captions, caption_ids, cfg, accelerator, distributed, rng
+            )
+            if accelerator.sync_gradients:
+                if cfg.optim.max_grad_norm > 0:
+                    stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                ema.step(unwrapped.parameters())
+            state.step += 1
+            state.batches_in_epoch += 1
+            steps_this_run += 1
+            progress.update(1)
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                elapsed = time.perf_counter() - t_start
+                stats.update(
+                    step=state.step,
+                    lr=scheduler.get_last_lr()[0],
+                    samples_per_s=steps_this_run * cfg.train.batch_size * G * accelerator.num_processes / elapsed,
+                )
+                progress.set_postfix(loss=f"{stats['loss']:.3f}", spread=f"{stats['raw/flat/spread']:.3f}"
+                                     if "raw/flat/spread" in stats else "")
+                if metrics_file is not None:
+                    metrics_file.write(json.dumps(stats) + "\n")
+                    metrics_file.flush()
+            if state.step % cfg.train.checkpointing_steps == 0 or state.step == cfg.train.max_steps:
+                accelerator.wait_for_everyone()
+                path = ckpt_root / f"{CHECKPOINT_PREFIX}{state.step}"
+                save_checkpoint(
+                    path, model=unwrapped, ema=ema, optimizer=optimizer, scheduler=scheduler, state=state,
+                    config=cfg.to_dict(), process_index=accelerator.process_index, is_main_process=main,
+                    generators={"train": rng},
+                )
+                accelerator.wait_for_everyone()
+                if main:
+                    prune_checkpoints(ckpt_root, cfg.train.checkpoints_total_limit)
+            if state.step >= cfg.train.max_steps:
+                break
+        else:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+    progress.close()
+    wall = time.perf_counter() - t_start
+    accelerator.wait_for_everyone()
+
+    # --- export the EMA generator as a pipeline ---
+    pipe_dir = out_dir / PIPELINE_SUBDIR
+    if main:
+        ema_model = DriftingTransformer2DModel.from_config(unwrapped.config)
+        ema.copy_to(ema_model.parameters())
+        ema_model.eval()
+        pipe = make_pipeline(cfg, ema_model, text_encoder, tokenizer)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.save_pretrained(pipe_dir)
+        save_config(cfg, pipe_dir / "training_config.yaml")
+        sample_grid(pipe, cfg, cfg.train.seed).save(out_dir / "samples" / f"step-{state.step}.png")
+        summary = {
+            "steps": state.step,
+            "steps_this_run": steps_this_run,
+            "train_wall_s": wall,
+            "samples_per_s": steps_this_run * cfg.train.batch_size * G * accelerator.num_processes / max(wall, 1e-9),
+            "peak_memory_mb": peak_memory_mb(),
+            "generator_params": n_params,
+            "pipeline": str(pipe_dir),
+        }
+        (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+        accelerator.print(json.dumps(summary, indent=2))
+        if metrics_file is not None:
+            metrics_file.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return pipe_dir
+
+
+def train_step(
+    model: torch.nn.Module,
+    unwrapped: DriftingTransformer2DModel,
+    features: torch.nn.Module,
+    batch: dict,
+    captions,
+    caption_ids: torch.Tensor,
+    cfg: Config,
+    accelerator: Accelerator,
+    distributed: bool,
+    rng: torch.Generator,
+) -> dict[str, float]:
+    """One drifting step for B prompts with G samples each; returns logged scalars."""
+    real = batch["pixel_values"]  # [B, 3, R, R] in [-1, 1]
+    idx = batch["index"].to(captions.embeds.device)
+    B, G = real.shape[0], cfg.drift.samples_per_prompt
+    emb = captions.index(idx)
+    device = real.device
+    alpha = sample_alpha(
+        B, cfg.drift.alpha_max, cfg.drift.alpha_power, cfg.drift.alpha_fraction_at_one, generator=rng, device=device
+    )  # [B], one alpha per prompt
+    noise = torch.randn(B * G, *real.shape[1:], device=device, generator=rng)  # [B*G, 3, R, R]
+    style = unwrapped.sample_style_indices(B * G, generator=rng, device=device)  # [B*G, 32]
+    with accelerator.autocast():
+        generated = model(
+            hidden_states=noise,
+            encoder_hidden_states=emb.embeds.repeat_interleave(G, dim=0),  # [B*G, T, Dt]
+            encoder_attention_mask=emb.mask.repeat_interleave(G, dim=0),
+            pooled_projections=emb.pooled.repeat_interleave(G, dim=0),
+            guidance=alpha.repeat_interleave(G),
+            style_indices=style,
+        ).sample  # [B*G, 3, R, R]
+        gen_features = features(generated)  # key -> [B*G, L, D], with grad
+        with torch.no_grad():
+            real_features = features(real)  # key -> [B, L, D]
+    loss, stats = text_to_image_drift_loss(
+        gen_features, real_features, G, alpha, caption_ids[idx], cfg.drift.temperatures, distributed=distributed
+    )
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"non-finite drifting loss {loss.item()} (stats: {stats})")
+    accelerator.backward(loss)
+    stats["loss"] = loss.item()
+    stats["alpha_mean"] = alpha.mean().item()
+    return stats

@@ -1,0 +1,36 @@
+"""Shared builders for tests: tiny real components (each after torch.manual_seed(0))."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from t2i_drift import DriftingPipeline, DriftingTransformer2DModel
+from t2i_drift.text import load_text_encoder
+
+
+def tiny_pipeline(sample_size: int = 16) -> DriftingPipeline:
+    """Real MiniLM text encoder + a tiny generator with non-zero (perturbed) output weights."""
+    tokenizer, text_encoder = load_text_encoder("minilm")
+    torch.manual_seed(0)
+    transformer = DriftingTransformer2DModel.from_preset(
+        "tiny", sample_size=sample_size, patch_size=4, text_embed_dim=384, pooled_embed_dim=384
+    )
+    with torch.no_grad():
+        for p in transformer.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    pipe = DriftingPipeline(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
+                            max_sequence_length=16)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_python(code: str, timeout: int = 300) -> str:
+    """Run ``code`` in a fresh interpreter (offline env inherited); return stdout, raise on failure."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout

@@ -1,0 +1,61 @@
+"""Strict config loading: unknown keys and wrong types name the key at fault."""
+
+import pytest
+
+from t2i_drift.training.config import Config, ConfigError, apply_overrides, load_config, save_config
+
+
+def test_defaults_and_overrides_are_typed():
+    cfg = apply_overrides(Config(), ["train.max_steps=7", "optim.learning_rate=1e-3", "drift.temperatures=[0.1, 0.2]",
+                                      "model.overrides={num_layers: 1}", "train.resume_from_checkpoint=null"])
+    assert cfg.train.max_steps == 7
+    assert cfg.optim.learning_rate == 1e-3
+    assert cfg.drift.temperatures == [0.1, 0.2]
+    assert cfg.model.overrides == {"num_layers": 1}
+    assert cfg.train.resume_from_checkpoint is None
+
+
+def test_int_promotes_to_float_but_not_back():
+    cfg = apply_overrides(Config(), ["optim.learning_rate=1"])
+    assert isinstance(cfg.optim.learning_rate, float)
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        apply_overrides(Config(), ["train.max_steps=1.5"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.max_stepz=3", "train.max_stepz"),
+        ("trian.max_steps=3", "trian"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("features.raw=yes please", "features.raw"),
+        ("drift.temperatures=[0.1, abc]", "drift.temperatures[1]"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        apply_overrides(Config(), [override])
+
+
+def test_yaml_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batch_sise: 4\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train\.batch_sise"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_save_and_reload_roundtrip(tmp_path):
+    cfg = apply_overrides(Config(), ["train.batch_size=3", "eval.sample_prompts=[a, b]"])
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
+    assert recipes, "no recipes found"
+    for recipe in recipes:
+        load_config(recipe)
