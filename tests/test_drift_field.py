@@ -190,3 +190,27 @@ def test_alpha_sampler_matches_power_law_moments():
     assert abs(a.mean().item() - mean) < 0.01
     frac = sample_alpha(100_000, fraction_at_one=0.3, generator=torch.Generator().manual_seed(1))
     assert abs((frac == 1.0).float().mean().item() - 0.3) < 0.01
+
+
+def test_text_to_image_grouping_matches_explicit_groups():
+    """group = prompt x location; negatives = other prompts' real images at that location."""
+    from t2i_drift.drifting import drifting_loss, group_by_prompt, text_to_image_drift_loss
+
+    g = torch.Generator().manual_seed(0)
+    B, G, L, D = 3, 2, 4, 5
+    gen = torch.randn(B * G, L, D, generator=g)
+    real = torch.randn(B, L, D, generator=g)
+    gg, pp, nn_ = group_by_prompt(gen, real, G)
+    b, loc = 2, 3
+    torch.testing.assert_close(gg[b * L + loc], gen[b * G : b * G + G, loc])
+    torch.testing.assert_close(pp[b * L + loc, 0], real[b, loc])
+    torch.testing.assert_close(nn_[b * L + loc], real[:, loc])
+    alpha = torch.tensor([1.0, 2.0, 3.0])
+    ids = torch.tensor([7, 8, 7])  # prompts 0 and 2 share a caption: excluded from each other's negatives
+    loss, stats = text_to_image_drift_loss({"k": gen}, {"k": real}, G, alpha, ids, key_weights={"k": 0.5})
+    valid = torch.tensor([[False, True, False], [True, False, True], [False, True, False]])
+    w = guidance_weight(alpha, G, valid.sum(1))
+    ref, _ = drifting_loss(gg, pp, nn_, neg_weights=w.repeat_interleave(L)[:, None],
+                           neg_mask=valid.repeat_interleave(L, 0))
+    torch.testing.assert_close(loss, 0.5 * ref)
+    assert stats["loss/k"] == pytest.approx(ref.item())

@@ -72,3 +72,33 @@ def test_resume_continues_exactly(run_dir, tmp_path):
     resumed = load_file(str(first / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors"))
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+
+
+def test_cli_through_accelerate_launch(tmp_path):
+    """The README's entry point: `accelerate launch scripts/train_t2i.py` with a recipe and overrides."""
+    import os
+    import shutil
+    import subprocess
+
+    root = Path(__file__).parent.parent
+    accelerate = shutil.which("accelerate")
+    assert accelerate, "accelerate CLI not on PATH"
+    proc = subprocess.run(
+        [accelerate, "launch", "--config_file", str(root / "recipes/accelerate/cpu.yaml"),
+         str(root / "scripts/train_t2i.py"), "--config", str(RECIPE), "--output_dir", str(tmp_path / "cli"),
+         "--max_steps", "1", "drift.samples_per_prompt=3"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "cli" / PIPELINE_SUBDIR / "model_index.json").is_file()
+    assert "samples_per_prompt: 3" in (tmp_path / "cli" / "config.yaml").read_text()
+
+
+def test_cli_bad_override_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent.parent / "scripts" / "train_t2i.py"
+    proc = subprocess.run([sys.executable, str(script), "train.batch_sise=4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "train.batch_sise" in proc.stderr and "Traceback" not in proc.stderr

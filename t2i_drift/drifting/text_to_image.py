@@ -58,6 +58,7 @@ def text_to_image_drift_loss(
     caption_ids: torch.Tensor,
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     *,
+    key_weights: Mapping[str, float] | None = None,
     distributed: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum over feature keys of the normalized drifting loss (METHOD.md sections 3, 5, 7).
@@ -69,6 +70,8 @@ def text_to_image_drift_loss(
         alpha: [B] guidance scale per prompt.
         caption_ids: [B] integer id per caption; equal ids mark identical captions.
         temperatures: taus.
+        key_weights: optional weight per key (default 1: METHOD.md's plain sum over keys). The
+            normalization of each key is unchanged; the weight only scales its loss term.
         distributed: pool normalization scalars across processes.
     Returns:
         loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>``.
@@ -96,7 +99,8 @@ def text_to_image_drift_loss(
             neg_mask=valid.repeat_interleave(L, dim=0),  # [B*L, B]
             distributed=distributed,
         )
-        total = total + loss
+        weight = 1.0 if key_weights is None else float(key_weights.get(key, 1.0))
+        total = total + weight * loss
         stats[f"loss/{key}"] = loss.item()
         stats.update({f"{key}/{name}": value for name, value in key_stats.items()})
     return total, stats

@@ -53,3 +53,16 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
     if len(cfg.optim.betas) != 2:
         raise ValueError(f"optim.betas must have two values, got {cfg.optim.betas}")
     return torch.optim.AdamW(groups, lr=cfg.optim.learning_rate, betas=tuple(cfg.optim.betas))
+
+
+def feature_key_weights(cfg: Config, keys: list[str]) -> dict[str, float]:
+    """Loss weight of each feature key from its encoder (``effnet*`` or ``raw*``)."""
+    weights = {}
+    for key in keys:
+        if key.startswith("effnet"):
+            weights[key] = cfg.features.effnet_weight
+        elif key.startswith("raw"):
+            weights[key] = cfg.features.raw_weight
+        else:
+            weights[key] = 1.0
+    return weights

@@ -60,6 +60,10 @@ class FeaturesConfig:
     """Include set (a), per-location vectors, of every EfficientNet map."""
     raw: bool = True
     """The flattened generator output as one more feature key."""
+    effnet_weight: float = 1.0
+    """Loss weight of every EfficientNet key (METHOD.md: 1, a plain sum over keys)."""
+    raw_weight: float = 1.0
+    """Loss weight of the raw-output key."""
 
 
 @dataclass

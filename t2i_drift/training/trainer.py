@@ -40,7 +40,12 @@ from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
 from t2i_drift.text.encoders import encode_in_batches, load_text_encoder
-from t2i_drift.training.builders import build_feature_encoder, build_optimizer, build_transformer
+from t2i_drift.training.builders import (
+    build_feature_encoder,
+    build_optimizer,
+    build_transformer,
+    feature_key_weights,
+)
 from t2i_drift.training.checkpoint import (
     CHECKPOINT_PREFIX,
     TrainerState,
@@ -292,7 +297,8 @@ def train_step(
         with torch.no_grad():
             real_features = features(real)  # key -> [B, L, D]
     loss, stats = text_to_image_drift_loss(
-        gen_features, real_features, G, alpha, caption_ids[idx], cfg.drift.temperatures, distributed=distributed
+        gen_features, real_features, G, alpha, caption_ids[idx], cfg.drift.temperatures,
+        key_weights=feature_key_weights(cfg, list(gen_features)), distributed=distributed,
     )
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"non-finite drifting loss {loss.item()} (stats: {stats})")
