@@ -59,3 +59,11 @@ def test_shipped_recipes_load():
     assert recipes, "no recipes found"
     for recipe in recipes:
         load_config(recipe)
+
+
+def test_default_recipe_file_equals_builtin_defaults():
+    """`train_t2i.py` with no arguments and with --config recipes/openmoji_32px.yaml run the same."""
+    from pathlib import Path
+
+    recipe = Path(__file__).parent.parent / "recipes" / "openmoji_32px.yaml"
+    assert load_config(recipe) == Config()

@@ -37,6 +37,16 @@ def test_two_step_run_writes_everything(run_dir):
     assert not [p for p in run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
 
 
+def test_model_card_has_metadata_usage_and_attribution(run_dir):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / PIPELINE_SUBDIR / "README.md")
+    assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
+    assert card.data.license == "cc-by-sa-4.0"
+    assert "OpenMoji" in card.text and "DriftingPipeline.from_pretrained" in card.text
+    assert "max_steps: 2" in card.text
+
+
 def test_exported_pipeline_loads_in_a_fresh_process(run_dir):
     pipe_dir = run_dir / PIPELINE_SUBDIR
     out = run_python(f"""

@@ -51,8 +51,9 @@ class TextConfig:
 
 @dataclass
 class FeaturesConfig:
-    effnet: bool = True
-    """Use frozen EfficientNet-Lite0 multi-scale features."""
+    effnet: bool = False
+    """Use frozen EfficientNet-Lite0 multi-scale features (off by default: at 32 px they drive the
+    generator to adversarial per-patch textures, see README "Feature spaces")."""
     effnet_blocks: list[int] = field(default_factory=lambda: [0, 2, 4, 10])
     effnet_input_size: int = 32
     patch_sizes: list[int] = field(default_factory=lambda: [2, 4])
@@ -78,7 +79,7 @@ class DriftConfig:
 
 @dataclass
 class OptimConfig:
-    learning_rate: float = 4e-4
+    learning_rate: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.01
     warmup_steps: int = 100

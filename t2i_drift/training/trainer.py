@@ -37,6 +37,7 @@ from t2i_drift.data.openmoji import OpenMojiDataset
 from t2i_drift.data.splits import caption_hash
 from t2i_drift.drifting.guidance import sample_alpha
 from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
+from t2i_drift.hub import render_model_card
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
 from t2i_drift.text.encoders import encode_in_batches, load_text_encoder
@@ -242,6 +243,9 @@ def train(cfg: Config) -> Path:
         pipe.set_progress_bar_config(disable=True)
         pipe.save_pretrained(pipe_dir)
         save_config(cfg, pipe_dir / "training_config.yaml")
+        render_model_card(
+            cfg.to_dict(), generator_params=n_params, steps=state.step, repo_or_path=str(pipe_dir)
+        ).save(pipe_dir / "README.md")
         sample_grid(pipe, cfg, cfg.train.seed).save(out_dir / "samples" / f"step-{state.step}.png")
         summary = {
             "steps": state.step,
