@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import torch
+from diffusers.utils import make_image_grid
 
 from t2i_drift import DriftingPipeline
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--grid", default=None, help="also write one grid PNG here (a row per prompt)")
     args = parser.parse_args(argv)
     if not Path(args.model).exists() and args.model.count("/") != 1:
         parser.error(f"--model {args.model!r}: no such folder (and not a hub id of the form owner/name)")
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         path = out / f"{slug}_{i % args.num_images:02d}.png"
         image.save(path)
         print(path)
+    if args.grid:
+        make_image_grid(images, rows=len(args.prompt), cols=args.num_images).save(args.grid)
+        print(args.grid)
     return 0
 
 

@@ -66,11 +66,15 @@ def test_generate_script_writes_pngs(run_dir, tmp_path):
     script = Path(__file__).parent.parent / "scripts" / "generate.py"
     proc = subprocess.run(
         [sys.executable, str(script), "--model", str(run_dir / PIPELINE_SUBDIR), "--prompt", "teapot",
-         "--num-images", "3", "--out", str(tmp_path / "png")],
+         "--num-images", "3", "--out", str(tmp_path / "png"), "--prompt", "rocket", "--grid", str(tmp_path / "g.png")],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "png").glob("teapot_*.png"))) == 3
+    assert len(list((tmp_path / "png").glob("rocket_*.png"))) == 3
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size == (3 * 16, 2 * 16)
 
 
 def test_resume_continues_exactly(run_dir, tmp_path):

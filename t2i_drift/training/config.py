@@ -94,10 +94,10 @@ class TrainConfig:
     output_dir: str = "outputs/default"
     batch_size: int = 16
     """Prompts per step per process; each prompt draws ``drift.samples_per_prompt`` samples."""
-    max_steps: int = 600
+    max_steps: int = 1000
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    checkpointing_steps: int = 200
+    checkpointing_steps: int = 250
     checkpoints_total_limit: int | None = 2
     resume_from_checkpoint: str | None = None
     """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
