@@ -62,17 +62,24 @@ def probe(space: str, loss_kind: str, steps: int, samples: int, lr: float) -> li
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4, help="free samples per image (G)")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
     args = parser.parse_args(argv)
-    print(f"{'space':<10} {'loss':<9} " + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5)))
+    print(
+        f"{'space':<10} {'loss':<9} " + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
+    )
     for space in args.spaces:
         for kind in ("drift", "feat-mse"):
             rows = probe(space, kind, args.steps, args.samples, args.lr)
-            print(f"{space:<10} {kind:<9} " + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in rows), flush=True)
+            print(
+                f"{space:<10} {kind:<9} " + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in rows),
+                flush=True,
+            )
     return 0
 
 

@@ -24,18 +24,24 @@ from t2i_drift.data import OpenMojiDataset
 from t2i_drift.eval import EffNetLite0Embedder, frechet_distance
 
 
-def generate(pipe: DriftingPipeline, captions: list[str], seed: int, batch_size: int, guidance: float) -> torch.Tensor:
+def generate(
+    pipe: DriftingPipeline, captions: list[str], seed: int, batch_size: int, guidance: float
+) -> torch.Tensor:
     """One image per caption, [N, 3, H, W] in [-1, 1]."""
     out = []
     g = torch.Generator().manual_seed(seed)
     for i in tqdm(range(0, len(captions), batch_size), desc="generate"):
-        images = pipe(captions[i : i + batch_size], generator=g, guidance_scale=guidance, output_type="pt").images
+        images = pipe(
+            captions[i : i + batch_size], generator=g, guidance_scale=guidance, output_type="pt"
+        ).images
         out.append(images * 2 - 1)
     return torch.cat(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="exported pipeline folder")
     parser.add_argument("--num", type=int, default=1000, help="training captions to generate for")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,11 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     real_train = torch.stack([train[int(i)]["pixel_values"] for i in idx])
     real_val = torch.stack([val[i]["pixel_values"] for i in range(len(val))])
     t0 = time.perf_counter()
-    gen_train = generate(pipe, [train.captions[int(i)] for i in idx], args.seed, args.batch_size, args.guidance_scale)
+    gen_train = generate(
+        pipe, [train.captions[int(i)] for i in idx], args.seed, args.batch_size, args.guidance_scale
+    )
     gen_val = generate(pipe, val.captions, args.seed + 1, args.batch_size, args.guidance_scale)
     gen_s = time.perf_counter() - t0
     embed = EffNetLite0Embedder()
-    f_gen_train, f_real_train = embed.embed(gen_train, desc="gen train"), embed.embed(real_train, desc="real train")
+    f_gen_train, f_real_train = (
+        embed.embed(gen_train, desc="gen train"),
+        embed.embed(real_train, desc="real train"),
+    )
     f_gen_val, f_real_val = embed.embed(gen_val, desc="gen val"), embed.embed(real_val, desc="real val")
     result = {
         "metric": "FD-EffNetLite0 (Frechet distance in EfficientNet-Lite0 pooled features; not FID)",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Generate images with an exported DriftingPipeline (one forward pass per batch).
 
-    python scripts/generate.py --model outputs/default/pipeline --prompt "teapot" --num-images 4 --out samples/
+python scripts/generate.py --model outputs/default/pipeline --prompt "teapot" --num-images 4 --out samples/
 """
 
 import argparse
@@ -15,7 +15,9 @@ from t2i_drift import DriftingPipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="pipeline folder (or hub id)")
     parser.add_argument("--prompt", required=True, action="append", help="repeat for several prompts")
     parser.add_argument("--num-images", type=int, default=4, help="images per prompt")

@@ -17,7 +17,9 @@ from t2i_drift.training.trainer import train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=None, help="YAML recipe (default: the built-in defaults)")
     parser.add_argument("--output_dir", default=None, help="shortcut for train.output_dir=...")
     parser.add_argument("--max_steps", type=int, default=None, help="shortcut for train.max_steps=...")

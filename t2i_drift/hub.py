@@ -16,7 +16,9 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "drifting_pi
 
 def _template_text() -> str:
     if not TEMPLATE.is_file():
-        raise FileNotFoundError(f"model card template not found at {TEMPLATE} (install the repository with -e)")
+        raise FileNotFoundError(
+            f"model card template not found at {TEMPLATE} (install the repository with -e)"
+        )
     return TEMPLATE.read_text()
 
 
@@ -45,8 +47,11 @@ def render_model_card(
         repo_or_path=repo_or_path,
         guidance_range=f"[1, {drift['alpha_max']}]",
         dataset_description="OpenMoji emoji rendered offline, their CLDR names as captions"
-        if data["name"] == "openmoji" else data["name"],
-        text_encoder="sentence-transformers/all-MiniLM-L6-v2" if text["encoder"] == "minilm" else text["encoder"],
+        if data["name"] == "openmoji"
+        else data["name"],
+        text_encoder="sentence-transformers/all-MiniLM-L6-v2"
+        if text["encoder"] == "minilm"
+        else text["encoder"],
         max_length=text["max_length"],
         pooling=text["pooling"],
         generator_params=f"{generator_params / 1e6:.2f}M",

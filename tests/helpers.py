@@ -22,15 +22,18 @@ def tiny_pipeline(sample_size: int = 16) -> DriftingPipeline:
     with torch.no_grad():
         for p in transformer.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    pipe = DriftingPipeline(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
-                            max_sequence_length=16)
+    pipe = DriftingPipeline(
+        transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, max_sequence_length=16
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def run_python(code: str, timeout: int = 300) -> str:
     """Run ``code`` in a fresh interpreter (offline env inherited); return stdout, raise on failure."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+    )
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout

@@ -6,8 +6,16 @@ from t2i_drift.training.config import Config, ConfigError, apply_overrides, load
 
 
 def test_defaults_and_overrides_are_typed():
-    cfg = apply_overrides(Config(), ["train.max_steps=7", "optim.learning_rate=1e-3", "drift.temperatures=[0.1, 0.2]",
-                                      "model.overrides={num_layers: 1}", "train.resume_from_checkpoint=null"])
+    cfg = apply_overrides(
+        Config(),
+        [
+            "train.max_steps=7",
+            "optim.learning_rate=1e-3",
+            "drift.temperatures=[0.1, 0.2]",
+            "model.overrides={num_layers: 1}",
+            "train.resume_from_checkpoint=null",
+        ],
+    )
     assert cfg.train.max_steps == 7
     assert cfg.optim.learning_rate == 1e-3
     assert cfg.drift.temperatures == [0.1, 0.2]

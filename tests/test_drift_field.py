@@ -210,7 +210,8 @@ def test_text_to_image_grouping_matches_explicit_groups():
     loss, stats = text_to_image_drift_loss({"k": gen}, {"k": real}, G, alpha, ids, key_weights={"k": 0.5})
     valid = torch.tensor([[False, True, False], [True, False, True], [False, True, False]])
     w = guidance_weight(alpha, G, valid.sum(1))
-    ref, _ = drifting_loss(gg, pp, nn_, neg_weights=w.repeat_interleave(L)[:, None],
-                           neg_mask=valid.repeat_interleave(L, 0))
+    ref, _ = drifting_loss(
+        gg, pp, nn_, neg_weights=w.repeat_interleave(L)[:, None], neg_mask=valid.repeat_interleave(L, 0)
+    )
     torch.testing.assert_close(loss, 0.5 * ref)
     assert stats["loss/k"] == pytest.approx(ref.item())

@@ -49,8 +49,13 @@ def test_guidance_scale_changes_output_in_one_pass(pipe):
 
 def test_prompt_embeds_path_equals_prompt_path(pipe):
     emb = pipe.encode_prompt(["teapot", "rocket"])
-    via_embeds = _np(pipe, prompt_embeds=emb.embeds, prompt_attention_mask=emb.mask,
-                     pooled_prompt_embeds=emb.pooled, num_images_per_prompt=2)
+    via_embeds = _np(
+        pipe,
+        prompt_embeds=emb.embeds,
+        prompt_attention_mask=emb.mask,
+        pooled_prompt_embeds=emb.pooled,
+        num_images_per_prompt=2,
+    )
     via_prompt = _np(pipe, prompt=["teapot", "rocket"], num_images_per_prompt=2)
     np.testing.assert_allclose(via_embeds, via_prompt, atol=1e-6)
 
@@ -71,7 +76,10 @@ def test_latents_argument_is_used(pipe):
         (dict(prompt="x", output_type="jpeg"), "output_type"),
         (dict(prompt="x", num_images_per_prompt=0), "num_images_per_prompt"),
         (dict(prompt_embeds=torch.zeros(2, 16, 384)), "pooled_prompt_embeds"),
-        (dict(prompt_embeds=torch.zeros(2, 16, 384), pooled_prompt_embeds=torch.zeros(3, 384)), "batch mismatch"),
+        (
+            dict(prompt_embeds=torch.zeros(2, 16, 384), pooled_prompt_embeds=torch.zeros(3, 384)),
+            "batch mismatch",
+        ),
         (dict(prompt="x", latents=torch.zeros(1, 3, 8, 8)), "latents"),
         (dict(prompt="x", num_images_per_prompt=2, generator=[torch.Generator()]), "generators"),
     ],
@@ -89,9 +97,10 @@ def test_save_load_in_fresh_process_gives_identical_images(pipe, tmp_path):
     out = run_python(f"""
         import numpy as np, torch
         from t2i_drift import DriftingPipeline
-        pipe = DriftingPipeline.from_pretrained({str(tmp_path / 'pipe')!r})
-        got = pipe("teapot", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0), output_type="np").images
-        np.testing.assert_array_equal(got, np.load({str(tmp_path / 'expected.npy')!r}))
+        pipe = DriftingPipeline.from_pretrained({str(tmp_path / "pipe")!r})
+        gen = torch.Generator().manual_seed(0)
+        got = pipe("teapot", num_images_per_prompt=2, generator=gen, output_type="np").images
+        np.testing.assert_array_equal(got, np.load({str(tmp_path / "expected.npy")!r}))
         print("IDENTICAL", type(pipe).__name__, pipe.config.max_sequence_length)
     """)
     assert "IDENTICAL DriftingPipeline 16" in out

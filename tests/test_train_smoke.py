@@ -33,7 +33,12 @@ def test_two_step_run_writes_everything(run_dir):
     ckpts = list_checkpoints(run_dir / "checkpoints")
     assert [p.name for p in ckpts] == ["checkpoint-1", "checkpoint-2"]
     files = {p.name for p in ckpts[-1].rglob("*")}
-    assert {"optimizer.safetensors", "ema.safetensors", "trainer_state.json", "rng_state_0.safetensors"} <= files
+    assert {
+        "optimizer.safetensors",
+        "ema.safetensors",
+        "trainer_state.json",
+        "rng_state_0.safetensors",
+    } <= files
     assert not [p for p in run_dir.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
 
 
@@ -65,9 +70,25 @@ def test_generate_script_writes_pngs(run_dir, tmp_path):
 
     script = Path(__file__).parent.parent / "scripts" / "generate.py"
     proc = subprocess.run(
-        [sys.executable, str(script), "--model", str(run_dir / PIPELINE_SUBDIR), "--prompt", "teapot",
-         "--num-images", "3", "--out", str(tmp_path / "png"), "--prompt", "rocket", "--grid", str(tmp_path / "g.png")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(script),
+            "--model",
+            str(run_dir / PIPELINE_SUBDIR),
+            "--prompt",
+            "teapot",
+            "--num-images",
+            "3",
+            "--out",
+            str(tmp_path / "png"),
+            "--prompt",
+            "rocket",
+            "--grid",
+            str(tmp_path / "g.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "png").glob("teapot_*.png"))) == 3
@@ -81,9 +102,17 @@ def test_resume_continues_exactly(run_dir, tmp_path):
     """2 steps straight == 1 step, stop, resume from checkpoint-1, 1 more step."""
     first = tmp_path / "resumed"
     train(load_config(RECIPE, [f"train.output_dir={first}", "train.max_steps=1"]))
-    train(load_config(RECIPE, [f"train.output_dir={first}", "train.max_steps=2", "train.resume_from_checkpoint=latest"]))
-    straight = load_file(str(run_dir / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors"))
-    resumed = load_file(str(first / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    train(
+        load_config(
+            RECIPE, [f"train.output_dir={first}", "train.max_steps=2", "train.resume_from_checkpoint=latest"]
+        )
+    )
+    straight = load_file(
+        str(run_dir / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors")
+    )
+    resumed = load_file(
+        str(first / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors")
+    )
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
 
@@ -98,10 +127,24 @@ def test_cli_through_accelerate_launch(tmp_path):
     accelerate = shutil.which("accelerate")
     assert accelerate, "accelerate CLI not on PATH"
     proc = subprocess.run(
-        [accelerate, "launch", "--config_file", str(root / "recipes/accelerate/cpu.yaml"),
-         str(root / "scripts/train_t2i.py"), "--config", str(RECIPE), "--output_dir", str(tmp_path / "cli"),
-         "--max_steps", "1", "drift.samples_per_prompt=3"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
+        [
+            accelerate,
+            "launch",
+            "--config_file",
+            str(root / "recipes/accelerate/cpu.yaml"),
+            str(root / "scripts/train_t2i.py"),
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--max_steps",
+            "1",
+            "drift.samples_per_prompt=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "cli" / PIPELINE_SUBDIR / "model_index.json").is_file()
@@ -113,6 +156,58 @@ def test_cli_bad_override_is_a_clear_error(tmp_path):
     import sys
 
     script = Path(__file__).parent.parent / "scripts" / "train_t2i.py"
-    proc = subprocess.run([sys.executable, str(script), "train.batch_sise=4"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(script), "train.batch_sise=4"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2
     assert "train.batch_sise" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_grids_script(run_dir, tmp_path):
+    from PIL import Image
+
+    pipe = str(run_dir / PIPELINE_SUBDIR)
+    out = tmp_path / "cmp.png"
+    assert (
+        _load_script("compare_grids").main(
+            [
+                "--model",
+                pipe,
+                "--label",
+                "a",
+                "--model",
+                pipe,
+                "--label",
+                "b",
+                "--prompt",
+                "teapot",
+                "--num-images",
+                "2",
+                "--scale",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(out).size == (2 * 32 + 12, 16 + 20)
+
+
+def test_feature_identity_probe_runs(capsys):
+    assert (
+        _load_script("bench_feature_identity").main(["--steps", "2", "--spaces", "raw", "--samples", "2"])
+        == 0
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("raw")]
+    assert len(lines) == 2 and "drift" in lines[0] and "feat-mse" in lines[1]

@@ -8,8 +8,15 @@ from t2i_drift import DriftingTransformer2DModel
 
 def _model(**kw):
     torch.manual_seed(0)
-    return DriftingTransformer2DModel.from_preset("tiny", sample_size=16, patch_size=4, text_embed_dim=12,
-                                                  pooled_embed_dim=10, num_style_codebooks=4, **kw)
+    return DriftingTransformer2DModel.from_preset(
+        "tiny",
+        sample_size=16,
+        patch_size=4,
+        text_embed_dim=12,
+        pooled_embed_dim=10,
+        num_style_codebooks=4,
+        **kw,
+    )
 
 
 def _inputs(n=3, seed=0):
@@ -57,7 +64,9 @@ def test_masked_tokens_are_ignored():
     base = _inputs()
     changed = base["encoder_hidden_states"].clone()
     changed[:, 3:] = 99.0  # masked positions
-    torch.testing.assert_close(model(**{**base, "encoder_hidden_states": changed}).sample, model(**base).sample)
+    torch.testing.assert_close(
+        model(**{**base, "encoder_hidden_states": changed}).sample, model(**base).sample
+    )
 
 
 def test_gradient_checkpointing_gives_identical_gradients():
@@ -68,7 +77,7 @@ def test_gradient_checkpointing_gives_identical_gradients():
     model.zero_grad()
     model.enable_gradient_checkpointing()
     model(**inputs).sample.square().mean().backward()
-    for a, p in zip(ref, model.parameters()):
+    for a, p in zip(ref, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, a)
 
 

@@ -50,7 +50,7 @@ def _render(char: str, font: ImageFont.FreeTypeFont) -> np.ndarray:
 
 
 def caption_from_cldr(name: str) -> str:
-    """":man_pilot_medium_skin_tone:" -> "man pilot medium skin tone"."""
+    """ ":man_pilot_medium_skin_tone:" -> "man pilot medium skin tone"."""
     return name.strip(":").replace("_", " ").strip()
 
 
@@ -86,7 +86,9 @@ def _composite(rgba: np.ndarray, resolution: int, background: tuple[int, int, in
     return np.asarray(image)
 
 
-def render_emoji(char: str, resolution: int, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def render_emoji(
+    char: str, resolution: int, background: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
     """[resolution, resolution, 3] uint8 RGB, composited over ``background``."""
     return _composite(_render(char, _font()), resolution, background)
 
@@ -105,15 +107,25 @@ class OpenMojiDataset(Dataset):
     """
 
     def __init__(
-        self, split: str = "train", resolution: int = 32, val_fraction: float = 0.05, max_samples: int | None = None
+        self,
+        split: str = "train",
+        resolution: int = 32,
+        val_fraction: float = 0.05,
+        max_samples: int | None = None,
     ):
         if split not in ("train", "validation"):
             raise ValueError(f"data.split must be 'train' or 'validation', got {split!r}")
-        items = [it for it in openmoji_items() if is_validation_caption(it.caption, val_fraction) == (split == "validation")]
+        items = [
+            it
+            for it in openmoji_items()
+            if is_validation_caption(it.caption, val_fraction) == (split == "validation")
+        ]
         if max_samples is not None:
             items = items[:max_samples]
         if not items:
-            raise ValueError(f"OpenMoji split {split!r} is empty (val_fraction={val_fraction}, max_samples={max_samples})")
+            raise ValueError(
+                f"OpenMoji split {split!r} is empty (val_fraction={val_fraction}, max_samples={max_samples})"
+            )
         self.items = items
         self.resolution = resolution
         font = _font()

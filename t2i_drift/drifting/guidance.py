@@ -63,6 +63,8 @@ def sample_alpha(
         one_minus_k = 1.0 - power
         alpha = (1.0 + u * (alpha_max**one_minus_k - 1.0)) ** (1.0 / one_minus_k)
     if fraction_at_one > 0:
-        at_one = torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64) < fraction_at_one
+        at_one = (
+            torch.rand(batch_size, generator=generator, device=device, dtype=torch.float64) < fraction_at_one
+        )
         alpha = torch.where(at_one, torch.ones_like(alpha), alpha)
     return alpha.clamp(1.0, alpha_max).float()

@@ -37,7 +37,9 @@ class EffNetLite0Embedder(torch.nn.Module):
 
     def embed(self, images: torch.Tensor, batch_size: int = 100, desc: str = "features") -> np.ndarray:
         """Batched, with a progress bar; returns float64 [N, 1280]."""
-        chunks = [self(images[i : i + batch_size]) for i in tqdm(range(0, len(images), batch_size), desc=desc)]
+        chunks = [
+            self(images[i : i + batch_size]) for i in tqdm(range(0, len(images), batch_size), desc=desc)
+        ]
         return torch.cat(chunks).double().numpy()
 
 

@@ -81,7 +81,9 @@ class EfficientNetLite0Features(FrozenEncoder):
         """images [N, 3, H, W] in [-1, 1] -> (resized input, {block: [N, C_b, H_b, W_b]})."""
         x = images
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         h = self.stem(x)
         maps: dict[int, torch.Tensor] = {}
         for idx, block in enumerate(self.blocks):

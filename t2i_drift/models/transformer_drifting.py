@@ -104,7 +104,9 @@ class Attention(nn.Module):
         N, S, _ = x.shape
         ctx = x if context is None else context
         q = self.norm_q(self.to_q(x).view(N, S, self.num_heads, self.head_dim).transpose(1, 2))  # [N,h,S,hd]
-        k = self.norm_k(self.to_k(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2))  # [N,h,T,hd]
+        k = self.norm_k(
+            self.to_k(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # [N,h,T,hd]
         v = self.to_v(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [N,h,T,hd]
         if rope is not None:
             # Register tokens (the first rope_offset) carry no position.
@@ -234,7 +236,9 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         D = hidden_size
         self.patch_embed = nn.Conv2d(in_channels, D, kernel_size=patch_size, stride=patch_size)
         self.registers = nn.Parameter(torch.zeros(1, num_register_tokens, D))
-        self.context_embedder = nn.Sequential(nn.RMSNorm(text_embed_dim, eps=norm_eps), nn.Linear(text_embed_dim, D))
+        self.context_embedder = nn.Sequential(
+            nn.RMSNorm(text_embed_dim, eps=norm_eps), nn.Linear(text_embed_dim, D)
+        )
         self.pooled_embedder = nn.Sequential(nn.Linear(pooled_embed_dim, D), nn.SiLU(), nn.Linear(D, D))
         self.guidance_proj = Timesteps(guidance_embed_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.guidance_embedder = TimestepEmbedding(guidance_embed_dim, D)
@@ -339,8 +343,13 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         x = x.flatten(2).transpose(1, 2)  # [N, P, D]
         R = self.config.num_register_tokens
         x = torch.cat([self.registers.expand(N, -1, -1), x], dim=1)  # [N, R+P, D]
-        rope = rope_2d(H // p, W // p, self.config.hidden_size // self.config.num_attention_heads,
-                       self.config.rope_theta, device)  # [P, hd/2]
+        rope = rope_2d(
+            H // p,
+            W // p,
+            self.config.hidden_size // self.config.num_attention_heads,
+            self.config.rope_theta,
+            device,
+        )  # [P, hd/2]
 
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:

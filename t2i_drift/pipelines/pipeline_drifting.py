@@ -51,7 +51,9 @@ class DriftingPipeline(DiffusionPipeline):
         guidance_scale_range: list[float] | tuple[float, float] = (1.0, 4.0),
     ):
         super().__init__()
-        self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae)
+        self.register_modules(
+            transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae
+        )
         self.register_to_config(
             max_sequence_length=max_sequence_length,
             text_pooling=text_pooling,
@@ -111,7 +113,8 @@ class DriftingPipeline(DiffusionPipeline):
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
             raise ValueError(
-                f"height and width must be divisible by {factor} (VAE factor {self.vae_scale_factor} x patch size "
+                f"height and width must be divisible by {factor} "
+                f"(VAE factor {self.vae_scale_factor} x patch size "
                 f"{self.transformer.config.patch_size}), got height={height}, width={width}"
             )
         lo, hi = self.config.guidance_scale_range
@@ -211,8 +214,15 @@ class DriftingPipeline(DiffusionPipeline):
         height = height or default
         width = width or default
         self.check_inputs(
-            prompt, height, width, guidance_scale, num_images_per_prompt,
-            prompt_embeds, prompt_attention_mask, pooled_prompt_embeds, output_type,
+            prompt,
+            height,
+            width,
+            guidance_scale,
+            num_images_per_prompt,
+            prompt_embeds,
+            prompt_attention_mask,
+            pooled_prompt_embeds,
+            output_type,
         )
         device = self._execution_device
 
@@ -223,7 +233,9 @@ class DriftingPipeline(DiffusionPipeline):
             mask = prompt_attention_mask
             if mask is None:
                 mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
-            emb = self._repeat(TextEmbeddings(prompt_embeds, mask, pooled_prompt_embeds), num_images_per_prompt)
+            emb = self._repeat(
+                TextEmbeddings(prompt_embeds, mask, pooled_prompt_embeds), num_images_per_prompt
+            )
         batch = emb.embeds.shape[0]
 
         # 3. Noise and style

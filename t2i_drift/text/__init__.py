@@ -8,4 +8,10 @@ from t2i_drift.text.encoders import (
     resolve_text_encoder_path,
 )
 
-__all__ = ["TextEmbeddings", "encode_in_batches", "encode_prompts", "load_text_encoder", "resolve_text_encoder_path"]
+__all__ = [
+    "TextEmbeddings",
+    "encode_in_batches",
+    "encode_prompts",
+    "load_text_encoder",
+    "resolve_text_encoder_path",
+]

@@ -86,12 +86,20 @@ def encode_prompts(
     output (``text_embeds`` of CLIPTextModelWithProjection, else ``pooler_output``).
     """
     device = device if device is not None else text_encoder.device
-    tokens = tokenizer(prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt")
+    tokens = tokenizer(
+        prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
     n_long = sum(
-        len(ids) > max_length for ids in tokenizer(prompts, truncation=False, add_special_tokens=True)["input_ids"]
+        len(ids) > max_length
+        for ids in tokenizer(prompts, truncation=False, add_special_tokens=True)["input_ids"]
     )
     if n_long:
-        logger.warning("%d of %d prompts exceed text.max_length=%d tokens and were truncated", n_long, len(prompts), max_length)
+        logger.warning(
+            "%d of %d prompts exceed text.max_length=%d tokens and were truncated",
+            n_long,
+            len(prompts),
+            max_length,
+        )
     input_ids = tokens["input_ids"].to(device)
     mask = tokens["attention_mask"].to(device)
     out = text_encoder(input_ids=input_ids, attention_mask=mask)
@@ -106,7 +114,9 @@ def encode_prompts(
         if pooled is None:
             pooled = getattr(out, "pooler_output", None)
         if pooled is None:
-            raise ValueError(f"text.pooling='pooler' but {type(text_encoder).__name__} returns no pooled output")
+            raise ValueError(
+                f"text.pooling='pooler' but {type(text_encoder).__name__} returns no pooled output"
+            )
         pooled = pooled.float()
     else:
         raise ValueError(f"text.pooling must be one of 'mean', 'cls', 'pooler', got {pooling!r}")
@@ -130,7 +140,9 @@ def encode_in_batches(
 
     chunks = []
     for start in tqdm(range(0, len(prompts), batch_size), desc="encode captions", disable=not progress):
-        chunks.append(encode_prompts(text_encoder, tokenizer, prompts[start : start + batch_size], max_length, pooling))
+        chunks.append(
+            encode_prompts(text_encoder, tokenizer, prompts[start : start + batch_size], max_length, pooling)
+        )
     return TextEmbeddings(
         embeds=torch.cat([c.embeds for c in chunks]),
         mask=torch.cat([c.mask for c in chunks]),

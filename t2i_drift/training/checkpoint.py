@@ -128,7 +128,9 @@ def load_checkpoint(
     weights = load_file(str(path / "transformer" / "diffusion_pytorch_model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}/transformer does not match the model: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{path}/transformer does not match the model: missing {missing}, unexpected {unexpected}"
+        )
     shadow = load_file(str(path / "ema.safetensors"))
     ema_state = dict(meta["ema"])
     device = next(model.parameters()).device
@@ -158,7 +160,11 @@ def list_checkpoints(checkpoint_root: Path) -> list[Path]:
     """Checkpoint folders under ``checkpoint_root``, oldest first."""
     if not checkpoint_root.is_dir():
         return []
-    found = [p for p in checkpoint_root.iterdir() if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)]
+    found = [
+        p
+        for p in checkpoint_root.iterdir()
+        if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name)
+    ]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 

@@ -108,7 +108,16 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     sample_prompts: list[str] = field(
-        default_factory=lambda: ["teapot", "red apple", "grinning face", "rocket", "dog face", "sun", "France", "pizza"]
+        default_factory=lambda: [
+            "teapot",
+            "red apple",
+            "grinning face",
+            "rocket",
+            "dog face",
+            "sun",
+            "France",
+            "pizza",
+        ]
     )
     samples_per_grid_prompt: int = 4
     guidance_scale: float = 1.0

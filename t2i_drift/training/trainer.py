@@ -134,9 +134,15 @@ def train(cfg: Config) -> Path:
     caption_ids = torch.tensor([caption_hash(c) for c in dataset.captions], device=accelerator.device)
     # The loop's own generator for noise, alpha and style draws: nothing else consumes it, so a
     # resumed run continues the exact stream (libraries may draw from the global RNG at any time).
-    rng = torch.Generator(device=accelerator.device).manual_seed(cfg.train.seed * 1000 + accelerator.process_index)
+    rng = torch.Generator(device=accelerator.device).manual_seed(
+        cfg.train.seed * 1000 + accelerator.process_index
+    )
     loader = DataLoader(
-        dataset, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True, num_workers=cfg.data.num_workers,
+        dataset,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(cfg.train.seed),
     )
 
@@ -147,7 +153,10 @@ def train(cfg: Config) -> Path:
     features = build_feature_encoder(cfg).to(accelerator.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = get_scheduler(
-        "constant_with_warmup", optimizer, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.train.max_steps
+        "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=cfg.optim.warmup_steps,
+        num_training_steps=cfg.train.max_steps,
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped: DriftingTransformer2DModel = accelerator.unwrap_model(model)
@@ -166,15 +175,21 @@ def train(cfg: Config) -> Path:
     resume = resolve_resume(cfg.train.resume_from_checkpoint, ckpt_root)
     if resume is not None:
         state = load_checkpoint(
-            resume, model=unwrapped, ema=ema, optimizer=optimizer, scheduler=scheduler,
-            process_index=accelerator.process_index, generators={"train": rng},
+            resume,
+            model=unwrapped,
+            ema=ema,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            process_index=accelerator.process_index,
+            generators={"train": rng},
         )
         accelerator.print(f"resumed from {resume} at step {state.step}")
 
     n_params = sum(p.numel() for p in unwrapped.parameters())
     accelerator.print(
         f"{len(dataset)} training pairs | generator {n_params / 1e6:.2f}M params | "
-        f"{cfg.train.batch_size} prompts x {G} samples per step per process | {accelerator.num_processes} process(es)"
+        f"{cfg.train.batch_size} prompts x {G} samples per step per process | "
+        f"{accelerator.num_processes} process(es)"
     )
 
     # --- loop ---
@@ -185,14 +200,20 @@ def train(cfg: Config) -> Path:
     steps_this_run = 0
     while state.step < cfg.train.max_steps:
         loader.set_epoch(state.epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+        epoch_loader = (
+            accelerator.skip_first_batches(loader, state.batches_in_epoch)
+            if state.batches_in_epoch
+            else loader
+        )
         for batch in epoch_loader:
             stats = train_step(
                 model, unwrapped, features, batch, captions, caption_ids, cfg, accelerator, distributed, rng
             )
             if accelerator.sync_gradients:
                 if cfg.optim.max_grad_norm > 0:
-                    stats["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm))
+                    stats["grad_norm"] = float(
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -206,10 +227,16 @@ def train(cfg: Config) -> Path:
                 stats.update(
                     step=state.step,
                     lr=scheduler.get_last_lr()[0],
-                    samples_per_s=steps_this_run * cfg.train.batch_size * G * accelerator.num_processes / elapsed,
+                    samples_per_s=steps_this_run
+                    * cfg.train.batch_size
+                    * G
+                    * accelerator.num_processes
+                    / elapsed,
                 )
-                progress.set_postfix(loss=f"{stats['loss']:.3f}", spread=f"{stats['raw/flat/spread']:.3f}"
-                                     if "raw/flat/spread" in stats else "")
+                progress.set_postfix(
+                    loss=f"{stats['loss']:.3f}",
+                    spread=f"{stats['raw/flat/spread']:.3f}" if "raw/flat/spread" in stats else "",
+                )
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(stats) + "\n")
                     metrics_file.flush()
@@ -217,8 +244,15 @@ def train(cfg: Config) -> Path:
                 accelerator.wait_for_everyone()
                 path = ckpt_root / f"{CHECKPOINT_PREFIX}{state.step}"
                 save_checkpoint(
-                    path, model=unwrapped, ema=ema, optimizer=optimizer, scheduler=scheduler, state=state,
-                    config=cfg.to_dict(), process_index=accelerator.process_index, is_main_process=main,
+                    path,
+                    model=unwrapped,
+                    ema=ema,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    state=state,
+                    config=cfg.to_dict(),
+                    process_index=accelerator.process_index,
+                    is_main_process=main,
                     generators={"train": rng},
                 )
                 accelerator.wait_for_everyone()
@@ -251,7 +285,11 @@ def train(cfg: Config) -> Path:
             "steps": state.step,
             "steps_this_run": steps_this_run,
             "train_wall_s": wall,
-            "samples_per_s": steps_this_run * cfg.train.batch_size * G * accelerator.num_processes / max(wall, 1e-9),
+            "samples_per_s": steps_this_run
+            * cfg.train.batch_size
+            * G
+            * accelerator.num_processes
+            / max(wall, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
             "generator_params": n_params,
             "pipeline": str(pipe_dir),
@@ -284,7 +322,12 @@ def train_step(
     emb = captions.index(idx)
     device = real.device
     alpha = sample_alpha(
-        B, cfg.drift.alpha_max, cfg.drift.alpha_power, cfg.drift.alpha_fraction_at_one, generator=rng, device=device
+        B,
+        cfg.drift.alpha_max,
+        cfg.drift.alpha_power,
+        cfg.drift.alpha_fraction_at_one,
+        generator=rng,
+        device=device,
     )  # [B], one alpha per prompt
     noise = torch.randn(B * G, *real.shape[1:], device=device, generator=rng)  # [B*G, 3, R, R]
     style = unwrapped.sample_style_indices(B * G, generator=rng, device=device)  # [B*G, 32]
@@ -301,8 +344,14 @@ def train_step(
         with torch.no_grad():
             real_features = features(real)  # key -> [B, L, D]
     loss, stats = text_to_image_drift_loss(
-        gen_features, real_features, G, alpha, caption_ids[idx], cfg.drift.temperatures,
-        key_weights=feature_key_weights(cfg, list(gen_features)), distributed=distributed,
+        gen_features,
+        real_features,
+        G,
+        alpha,
+        caption_ids[idx],
+        cfg.drift.temperatures,
+        key_weights=feature_key_weights(cfg, list(gen_features)),
+        distributed=distributed,
     )
     if not math.isfinite(loss.item()):
         raise FloatingPointError(f"non-finite drifting loss {loss.item()} (stats: {stats})")
