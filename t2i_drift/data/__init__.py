@@ -1,6 +1,6 @@
 """Datasets: built-in captioned sets, splits, batching."""
 
-from t2i_drift.data.openmoji import OPENMOJI_ATTRIBUTION, OpenMojiDataset, openmoji_items, render_emoji
+from t2i_drift.data.openmoji import OPENMOJI_ATTRIBUTION, OpenMojiDataset, openmoji_items
 from t2i_drift.data.splits import caption_hash, is_validation_caption
 
 __all__ = [
@@ -9,5 +9,4 @@ __all__ = [
     "caption_hash",
     "is_validation_caption",
     "openmoji_items",
-    "render_emoji",
 ]

@@ -86,13 +86,6 @@ def _composite(rgba: np.ndarray, resolution: int, background: tuple[int, int, in
     return np.asarray(image)
 
 
-def render_emoji(
-    char: str, resolution: int, background: tuple[int, int, int] = (255, 255, 255)
-) -> np.ndarray:
-    """[resolution, resolution, 3] uint8 RGB, composited over ``background``."""
-    return _composite(_render(char, _font()), resolution, background)
-
-
 class OpenMojiDataset(Dataset):
     """(image, caption) pairs of the built-in OpenMoji set.
 
