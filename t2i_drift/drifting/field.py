@@ -168,6 +168,9 @@ def _kernel_field(
 class DriftResult:
     """Everything one evaluation of the field produces.
 
+    Scalars are 0-d fp32 tensors on the input's device, so the hot path never waits for the device;
+    convert them to floats only when logging.
+
     Attributes:
         field: [G, n, D] fp32 drift V (normalized feature units if ``normalized`` else raw units).
         scale: mean pairwise distance (section 3 ``scale``); NaN when not normalized.
@@ -180,11 +183,11 @@ class DriftResult:
     """
 
     field: torch.Tensor
-    scale: float
-    feature_scale: float
-    raw_v2: dict[float, float]
-    nearest_pos: float
-    spread: float
+    scale: torch.Tensor
+    feature_scale: torch.Tensor
+    raw_v2: dict[float, torch.Tensor]
+    nearest_pos: torch.Tensor
+    spread: torch.Tensor
     normalized: bool
 
 
@@ -229,9 +232,9 @@ def compute_drift(
             x_in, t_in = x / feature_scale, tg.t / feature_scale
             dist_logit = dist / dist_unit
         else:
-            scale = torch.tensor(float("nan"))
-            feature_scale = torch.tensor(1.0)
-            dist_unit = torch.tensor(1.0)
+            scale = torch.tensor(float("nan"), device=x.device)
+            feature_scale = torch.tensor(1.0, device=x.device)
+            dist_unit = torch.tensor(1.0, device=x.device)
             x_in, t_in = x, tg.t
             dist_logit = dist
         if mask_self and tg.n_self > 0:
@@ -240,11 +243,11 @@ def compute_drift(
             dist_logit[:, :, :n] += SELF_MASK_DISTANCE * eye
 
         v_per_tau = _kernel_field(x_in, tg, t_in, dist_logit, temperatures, affinity_floor)  # [T,G,n,D]
-        raw_v2: dict[float, float] = {}
+        raw_v2: dict[float, torch.Tensor] = {}
         field = torch.zeros_like(x_in)
         for k, tau in enumerate(temperatures):
             v2 = global_mean(v_per_tau[k].square().sum(), v_per_tau[k].numel(), **reduce)
-            raw_v2[float(tau)] = float(v2)
+            raw_v2[float(tau)] = v2
             if normalize:
                 # lambda_tau: one scalar per key and temperature so each V_tau has unit RMS.
                 field = field + v_per_tau[k] / torch.sqrt(torch.clamp(v2, min=1e-8))
@@ -253,17 +256,17 @@ def compute_drift(
 
         # Diagnostics (same distance units as the logits, self pairs excluded).
         pos_d = dist[:, :, tg.is_pos]  # [G, n, p]
-        nearest_pos = float(global_mean(pos_d.min(-1).values.sum(), G * n, **reduce) / dist_unit)
+        nearest_pos = global_mean(pos_d.min(-1).values.sum(), G * n, **reduce) / dist_unit
         if n > 1:
             dx = pairwise_distances(x, x)
             off = ~torch.eye(n, dtype=torch.bool, device=x.device)
-            spread = float(global_mean(dx[:, off].sum(), G * n * (n - 1), **reduce) / dist_unit)
+            spread = global_mean(dx[:, off].sum(), G * n * (n - 1), **reduce) / dist_unit
         else:
-            spread = 0.0
+            spread = torch.zeros((), device=x.device)
     return DriftResult(
         field=field,
-        scale=float(scale),
-        feature_scale=float(feature_scale),
+        scale=scale,
+        feature_scale=feature_scale,
         raw_v2=raw_v2,
         nearest_pos=nearest_pos,
         spread=spread,
@@ -332,7 +335,7 @@ def drifting_loss(
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     normalize: bool = True,
     **kwargs,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Drifting loss of one feature key: mean((x~ - stopgrad(x~ + V))^2) (METHOD.md eq. in sec. 1, 3).
 
     Same arguments as :func:`drifting_field`. The gradient reaches only ``gen``; with
@@ -341,13 +344,14 @@ def drifting_loss(
     Returns:
         loss: scalar fp32 tensor.
         stats: ``v2/tau=<tau>`` raw mean(V_tau^2) per temperature (before the per-temperature
-            normalization; the convergence signal), ``scale``, ``nearest_pos``, ``spread``.
+            normalization; the convergence signal), ``scale``, ``nearest_pos``, ``spread``; each a
+            detached 0-d tensor (convert with ``float`` when logging, not every step).
     """
     result = compute_drift(gen, pos, neg, neg_weights, temperatures, normalize, **kwargs)
     with torch.autocast(device_type=gen.device.type, enabled=False):
         x = gen.float() / result.feature_scale
         target = (x.detach() + result.field).detach()
         loss = F.mse_loss(x, target)
-    stats: dict[str, float] = {f"v2/tau={tau:g}": v for tau, v in result.raw_v2.items()}
+    stats: dict[str, torch.Tensor] = {f"v2/tau={tau:g}": v for tau, v in result.raw_v2.items()}
     stats.update(scale=result.scale, nearest_pos=result.nearest_pos, spread=result.spread)
     return loss, stats

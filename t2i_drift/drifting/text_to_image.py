@@ -60,7 +60,7 @@ def text_to_image_drift_loss(
     *,
     key_weights: Mapping[str, float] | None = None,
     distributed: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over feature keys of the normalized drifting loss (METHOD.md sections 3, 5, 7).
 
     Args:
@@ -74,7 +74,7 @@ def text_to_image_drift_loss(
             normalization of each key is unchanged; the weight only scales its loss term.
         distributed: pool normalization scalars across processes.
     Returns:
-        loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>``.
+        loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>`` (0-d tensors; no device sync).
     """
     if samples_per_prompt < 2:
         raise ValueError(f"samples_per_prompt must be >= 2 (drift needs negatives), got {samples_per_prompt}")
@@ -85,7 +85,7 @@ def text_to_image_drift_loss(
     valid = uncond_mask(caption_ids.to(alpha.device))  # [B, B]
     w_cfg = guidance_weight(alpha, samples_per_prompt, valid.sum(1))  # [B]
     total = torch.zeros((), device=alpha.device)
-    stats: dict[str, float] = {}
+    stats: dict[str, torch.Tensor] = {}
     for key in gen_features:
         gen, pos, neg = group_by_prompt(gen_features[key], real_features[key], samples_per_prompt)
         L = real_features[key].shape[1]
@@ -101,6 +101,6 @@ def text_to_image_drift_loss(
         )
         weight = 1.0 if key_weights is None else float(key_weights.get(key, 1.0))
         total = total + weight * loss
-        stats[f"loss/{key}"] = loss.item()
+        stats[f"loss/{key}"] = loss.detach()
         stats.update({f"{key}/{name}": value for name, value in key_stats.items()})
     return total, stats

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import resource
 import sys
 import time
@@ -211,8 +210,8 @@ def train(cfg: Config) -> Path:
             )
             if accelerator.sync_gradients:
                 if cfg.optim.max_grad_norm > 0:
-                    stats["grad_norm"] = float(
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    stats["grad_norm"] = accelerator.clip_grad_norm_(
+                        model.parameters(), cfg.optim.max_grad_norm
                     )
                 optimizer.step()
                 scheduler.step()
@@ -224,6 +223,8 @@ def train(cfg: Config) -> Path:
             progress.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
                 elapsed = time.perf_counter() - t_start
+                # Stats stay device tensors during the step; one conversion per logged step.
+                stats = {k: float(v) for k, v in stats.items()}
                 stats.update(
                     step=state.step,
                     lr=scheduler.get_last_lr()[0],
@@ -314,7 +315,7 @@ def train_step(
     accelerator: Accelerator,
     distributed: bool,
     rng: torch.Generator,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor]:
     """One drifting step for B prompts with G samples each; returns logged scalars."""
     real = batch["pixel_values"]  # [B, 3, R, R] in [-1, 1]
     idx = batch["index"].to(captions.embeds.device)
@@ -353,9 +354,9 @@ def train_step(
         key_weights=feature_key_weights(cfg, list(gen_features)),
         distributed=distributed,
     )
-    if not math.isfinite(loss.item()):
+    if not torch.isfinite(loss):  # the one device sync per step: never step on a NaN
         raise FloatingPointError(f"non-finite drifting loss {loss.item()} (stats: {stats})")
     accelerator.backward(loss)
-    stats["loss"] = loss.item()
-    stats["alpha_mean"] = alpha.mean().item()
+    stats["loss"] = loss.detach()
+    stats["alpha_mean"] = alpha.mean()
     return stats
