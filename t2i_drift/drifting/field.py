@@ -159,7 +159,9 @@ def _kernel_field(
     s_neg = (affinity * ~is_pos).sum(-1, keepdim=True)
     coeff = torch.where(is_pos, affinity * s_neg, -affinity * s_pos)  # [T, G, n, N]
     T, G, n, N = coeff.shape
-    attract_repel = torch.bmm(coeff.reshape(T * G, n, N), t.repeat(T, 1, 1)).view(T, G, n, -1)
+    # One bmm per group over all temperatures: [G, T*n, N] @ [G, N, D] (no copy of the targets).
+    coeff_g = coeff.permute(1, 0, 2, 3).reshape(G, T * n, N)
+    attract_repel = torch.bmm(coeff_g, t).view(G, T, n, -1).permute(1, 0, 2, 3)
     # sum_j coeff_ij is zero analytically; subtracting it times x_i cancels rounding.
     return attract_repel - coeff.sum(-1, keepdim=True) * x.unsqueeze(0)
 
@@ -258,7 +260,8 @@ def compute_drift(
         pos_d = dist[:, :, tg.is_pos]  # [G, n, p]
         nearest_pos = global_mean(pos_d.min(-1).values.sum(), G * n, **reduce) / dist_unit
         if n > 1:
-            dx = pairwise_distances(x, x)
+            # The first n targets are the generated set itself: reuse those distances.
+            dx = dist[:, :, :n] if tg.n_self == n else pairwise_distances(x, x)
             off = ~torch.eye(n, dtype=torch.bool, device=x.device)
             spread = global_mean(dx[:, off].sum(), G * n * (n - 1), **reduce) / dist_unit
         else:
