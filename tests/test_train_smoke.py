@@ -211,3 +211,50 @@ def test_feature_identity_probe_runs(capsys):
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("raw")]
     assert len(lines) == 2 and "drift" in lines[0] and "feat-mse" in lines[1]
+
+
+def test_two_process_ddp_run_on_cpu(tmp_path):
+    """2 gloo processes (ACCELERATE_USE_CPU=1 --multi_gpu, see shared/ENVIRONMENT.md): the drift
+    statistics are all-reduced, each process checkpoints its RNG, the main process exports."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).parent.parent
+    proc = subprocess.run(
+        [
+            shutil.which("accelerate"),
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(port),
+            str(root / "scripts/train_t2i.py"),
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(tmp_path / "ddp"),
+            "--max_steps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+    ckpt = tmp_path / "ddp" / "checkpoints" / "checkpoint-2"
+    assert (ckpt / "rng_state_0.safetensors").is_file() and (ckpt / "rng_state_1.safetensors").is_file()
+    assert (tmp_path / "ddp" / PIPELINE_SUBDIR / "model_index.json").is_file()
