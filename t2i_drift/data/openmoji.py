@@ -9,7 +9,6 @@ project". Anything trained on it must carry that attribution.
 from __future__ import annotations
 
 import functools
-import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,8 +17,6 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
 from t2i_drift.data.splits import is_validation_caption
-
-logger = logging.getLogger(__name__)
 
 OPENMOJI_ATTRIBUTION = (
     "All emojis designed by OpenMoji - the open-source emoji and icon project. License: CC BY-SA 4.0"

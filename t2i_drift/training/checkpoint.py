@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -125,7 +126,7 @@ def load_checkpoint(
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no trainer_state.json)")
     meta = json.loads(meta_path.read_text())
-    weights = load_file(str(path / "transformer" / "diffusion_pytorch_model.safetensors"))
+    weights = load_file(str(path / "transformer" / SAFETENSORS_WEIGHTS_NAME))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(

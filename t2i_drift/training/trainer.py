@@ -17,7 +17,6 @@ Output folder layout (``train.output_dir``):
 from __future__ import annotations
 
 import json
-import logging
 import resource
 import sys
 import time
@@ -55,8 +54,6 @@ from t2i_drift.training.checkpoint import (
     save_checkpoint,
 )
 from t2i_drift.training.config import Config, save_config
-
-logger = logging.getLogger(__name__)
 
 PIPELINE_SUBDIR = "pipeline"
 
@@ -195,6 +192,7 @@ def train(cfg: Config) -> Path:
     metrics_file = (out_dir / "logs" / "metrics.jsonl").open("a") if main else None
     progress = tqdm(total=cfg.train.max_steps, initial=state.step, desc="train", disable=not main)
     distributed = accelerator.num_processes > 1
+    samples_per_step = cfg.train.batch_size * G * accelerator.num_processes  # generated, all processes
     t_start = time.perf_counter()
     steps_this_run = 0
     while state.step < cfg.train.max_steps:
@@ -228,11 +226,7 @@ def train(cfg: Config) -> Path:
                 stats.update(
                     step=state.step,
                     lr=scheduler.get_last_lr()[0],
-                    samples_per_s=steps_this_run
-                    * cfg.train.batch_size
-                    * G
-                    * accelerator.num_processes
-                    / elapsed,
+                    samples_per_s=steps_this_run * samples_per_step / elapsed,
                 )
                 progress.set_postfix(
                     loss=f"{stats['loss']:.3f}",
@@ -286,11 +280,7 @@ def train(cfg: Config) -> Path:
             "steps": state.step,
             "steps_this_run": steps_this_run,
             "train_wall_s": wall,
-            "samples_per_s": steps_this_run
-            * cfg.train.batch_size
-            * G
-            * accelerator.num_processes
-            / max(wall, 1e-9),
+            "samples_per_s": steps_this_run * samples_per_step / max(wall, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
             "generator_params": n_params,
             "pipeline": str(pipe_dir),
