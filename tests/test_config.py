@@ -45,6 +45,22 @@ def test_bad_overrides_name_the_key(override, key):
         apply_overrides(Config(), [override])
 
 
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("drift.samples_per_prompt=1", "drift.samples_per_prompt"),
+        ("drift.temperatures=[0.05, 0]", "drift.temperatures"),
+        ("drift.memory_budget_mb=-5", "drift.memory_budget_mb"),
+        ("drift.alpha_max=0.5", "drift.alpha_max"),
+        ("train.batch_size=0", "train.batch_size"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, [override])
+    assert load_config(None, ["drift.memory_budget_mb=null"]).drift.memory_budget_mb is None
+
+
 def test_yaml_file_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  batch_sise: 4\n")

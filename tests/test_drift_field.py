@@ -200,7 +200,8 @@ def test_text_to_image_grouping_matches_explicit_groups():
     B, G, L, D = 3, 2, 4, 5
     gen = torch.randn(B * G, L, D, generator=g)
     real = torch.randn(B, L, D, generator=g)
-    gg, pp, nn_ = group_by_prompt(gen, real, G)
+    gg, pp, bank, index = group_by_prompt(gen, real, G)
+    nn_ = bank[index]  # [B*L, B, D], the per-group unconditional sets
     b, loc = 2, 3
     torch.testing.assert_close(gg[b * L + loc], gen[b * G : b * G + G, loc])
     torch.testing.assert_close(pp[b * L + loc, 0], real[b, loc])

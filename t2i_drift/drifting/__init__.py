@@ -9,22 +9,30 @@ from t2i_drift.drifting.feature_sets import (
     per_location,
 )
 from t2i_drift.drifting.field import (
+    DEFAULT_AFFINITY_FLOOR,
     DEFAULT_TEMPERATURES,
+    DriftGroups,
     DriftResult,
     compute_drift,
+    compute_drifts,
     drifting_field,
     drifting_loss,
+    drifting_losses,
     pairwise_distances,
 )
 from t2i_drift.drifting.guidance import guidance_weight, sample_alpha
 from t2i_drift.drifting.text_to_image import group_by_prompt, text_to_image_drift_loss, uncond_mask
 
 __all__ = [
+    "DEFAULT_AFFINITY_FLOOR",
     "DEFAULT_TEMPERATURES",
+    "DriftGroups",
     "DriftResult",
     "compute_drift",
+    "compute_drifts",
     "drifting_field",
     "drifting_loss",
+    "drifting_losses",
     "pairwise_distances",
     "guidance_weight",
     "sample_alpha",

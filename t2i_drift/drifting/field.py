@@ -9,18 +9,27 @@ groups. Notation, following METHOD.md:
     y  = pos  [G, p, D]   positives (real data of this condition)
     t  = concat[x, u, y]  [G, N, D] targets, N = n + m + p
 
+One *feature key* (METHOD.md section 3) is a set of groups that share the normalization scalars.
+:func:`compute_drifts` evaluates several keys at once: keys whose groups have the same shape are
+concatenated along the group axis and go through the kernel together, each group carrying its
+key's scalars. Groups are processed in chunks sized by a memory budget; per-group partial sums are
+reduced in a fixed order, so the result does not depend on the chunking (tested bit for bit).
+
 All drift math runs in float32, whatever the input dtype or an enclosing autocast region.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from t2i_drift.drifting.distributed import global_mean
+from t2i_drift.drifting.chunking import plan_chunks
+from t2i_drift.drifting.distributed import all_reduce_sum
+from t2i_drift.drifting.kernel import apply_coefficients, drift_coefficients, pairwise_distances
 
 DEFAULT_TEMPERATURES: tuple[float, ...] = (0.02, 0.05, 0.2)
 # Every affinity is at least sqrt(1e-6) = 1e-3 (official release detail, METHOD.md section 2).
@@ -28,147 +37,47 @@ DEFAULT_AFFINITY_FLOOR: float = 1e-6
 # Self-masking adds this to the (normalized) distance of a sample to itself: logit <= -500 at
 # tau = 0.2, i.e. exactly zero weight after the softmax in fp32.
 SELF_MASK_DISTANCE: float = 100.0
-# Logit of targets excluded through ``neg_mask``: finite (no NaN in an all-masked column) but far
-# below anything exp() can resolve in fp32.
-_MASKED_LOGIT: float = -1e9
+
+__all__ = [
+    "DEFAULT_AFFINITY_FLOOR",
+    "DEFAULT_TEMPERATURES",
+    "DriftGroups",
+    "DriftResult",
+    "compute_drift",
+    "compute_drifts",
+    "drifting_field",
+    "drifting_loss",
+    "drifting_losses",
+    "pairwise_distances",
+]
 
 
 @dataclass
-class _Targets:
-    """Targets of all groups, laid out as concat[x, u, y] along axis 1."""
+class DriftGroups:
+    """The groups of one feature key (METHOD.md section 2).
 
-    t: torch.Tensor  # [G, N, D] fp32
-    weights: torch.Tensor  # [G, N] fp32, w_j (0 for masked-out targets)
-    valid: torch.Tensor  # [G, N] bool, False for targets excluded by neg_mask
-    is_pos: torch.Tensor  # [N] bool, True for the y block
-    n_self: int  # how many leading targets are the generated set itself (0 or n)
-
-
-def _check_inputs(
-    gen: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None, temperatures: Sequence[float]
-) -> None:
-    if gen.dim() != 3:
-        raise ValueError(f"gen must be [G, n, D], got shape {tuple(gen.shape)}")
-    if pos.dim() != 3 or pos.shape[0] != gen.shape[0] or pos.shape[2] != gen.shape[2]:
-        raise ValueError(
-            f"pos must be [G, p, D] with G={gen.shape[0]} and D={gen.shape[2]} as in gen, "
-            f"got shape {tuple(pos.shape)}"
-        )
-    if neg is not None and (neg.dim() != 3 or neg.shape[0] != gen.shape[0] or neg.shape[2] != gen.shape[2]):
-        raise ValueError(
-            f"neg must be [G, m, D] with G={gen.shape[0]} and D={gen.shape[2]} as in gen, "
-            f"got shape {tuple(neg.shape)}"
-        )
-    if len(temperatures) == 0 or any(float(tau) <= 0 for tau in temperatures):
-        raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
-
-
-def _build_targets(
-    gen: torch.Tensor,
-    pos: torch.Tensor,
-    neg: torch.Tensor | None,
-    neg_weights: torch.Tensor | float | None,
-    neg_mask: torch.Tensor | None,
-    gen_as_negatives: bool,
-) -> _Targets:
-    """Concatenate targets and their weights. Inputs are already fp32 and detached."""
-    G, n, _ = gen.shape
-    p = pos.shape[1]
-    m = 0 if neg is None else neg.shape[1]
-    blocks = ([gen] if gen_as_negatives else []) + ([neg] if neg is not None else []) + [pos]
-    t = torch.cat(blocks, dim=1)
-    n_self = n if gen_as_negatives else 0
-
-    w_neg = torch.ones(G, m, device=gen.device, dtype=torch.float32)
-    if neg_weights is not None:
-        if neg is None:
-            raise ValueError("neg_weights was given without neg")
-        w = torch.as_tensor(neg_weights, dtype=torch.float32, device=gen.device)
-        try:
-            w_neg = torch.broadcast_to(w, (G, m)).clone()
-        except RuntimeError as err:
-            raise ValueError(
-                f"neg_weights of shape {tuple(w.shape)} does not broadcast to [G, m] = [{G}, {m}]"
-            ) from err
-    valid_neg = torch.ones(G, m, device=gen.device, dtype=torch.bool)
-    if neg_mask is not None:
-        if neg is None:
-            raise ValueError("neg_mask was given without neg")
-        try:
-            valid_neg = torch.broadcast_to(neg_mask.to(device=gen.device, dtype=torch.bool), (G, m))
-        except RuntimeError as err:
-            raise ValueError(
-                f"neg_mask of shape {tuple(neg_mask.shape)} does not broadcast to [G, m] = [{G}, {m}]"
-            ) from err
-        w_neg = w_neg * valid_neg
-
-    ones_self = torch.ones(G, n_self, device=gen.device, dtype=torch.float32)
-    ones_pos = torch.ones(G, p, device=gen.device, dtype=torch.float32)
-    weights = torch.cat([ones_self, w_neg, ones_pos], dim=1)
-    valid = torch.cat([ones_self.bool(), valid_neg, ones_pos.bool()], dim=1)
-    is_pos = torch.zeros(t.shape[1], dtype=torch.bool, device=gen.device)
-    is_pos[n_self + m :] = True
-    return _Targets(t=t, weights=weights, valid=valid, is_pos=is_pos, n_self=n_self)
-
-
-def pairwise_distances(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Plain (not squared) L2 distances in fp32, d_ij = sqrt(max(||x_i - t_j||^2, 1e-8)).
-
-    Args:
-        x: [G, n, D]
-        t: [G, N, D]
-    Returns:
-        [G, n, N] fp32.
+    Attributes:
+        gen: [G, n, D] generated features x (the loss's gradient flows into these).
+        pos: [G, p, D] positives y.
+        neg: extra negatives u: [G, m, D], or with ``neg_index`` a bank [M, m, D] shared by groups
+            (group g uses ``neg[neg_index[g]]``; the per-group copy is only made chunk by chunk).
+        neg_weights: per-target weights w of ``u`` (w_cfg), broadcastable to [G, m]; default 1.
+        neg_mask: bool broadcastable to [G, m]; False removes that target from the group entirely
+            (both softmaxes and the weights), e.g. real images whose caption equals this prompt.
+        neg_index: [G] long, see ``neg``.
     """
-    x = x.float()
-    t = t.float()
-    # ||x||^2 + ||t||^2 - 2 x.t with one batched matmul: O(G n N) memory instead of O(G n N D).
-    sq = (x * x).sum(-1, keepdim=True) + (t * t).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(x, t.transpose(1, 2))
-    return sq.clamp_min(1e-8).sqrt()
 
-
-def _kernel_field(
-    x: torch.Tensor,
-    tg: _Targets,
-    t: torch.Tensor,
-    dist: torch.Tensor,
-    temperatures: Sequence[float],
-    affinity_floor: float,
-) -> torch.Tensor:
-    """The field of METHOD.md section 2 for every temperature at once.
-
-    Args:
-        x: [G, n, D] generated features (fp32, detached), in the units of ``t``.
-        tg: target layout (weights, masks).
-        t: [G, N, D] targets in the same units as ``x``.
-        dist: [G, n, N] distances that enter the logits (self-masking already added).
-        temperatures: T temperatures.
-        affinity_floor: floor under A_row * A_col (official: 1e-6).
-    Returns:
-        [T, G, n, D] fp32: V_tau for each temperature (paper Algorithm 2).
-    """
-    taus = torch.tensor([float(tau) for tau in temperatures], device=x.device, dtype=torch.float32)
-    logits = -dist.unsqueeze(0) / taus.view(-1, 1, 1, 1)  # [T, G, n, N]
-    logits = logits.masked_fill(~tg.valid[None, :, None, :], _MASKED_LOGIT)
-    a_row = logits.softmax(dim=-1)  # normalize over targets j
-    a_col = logits.softmax(dim=-2)  # normalize over generated rows i
-    # Geometric mean of the two normalizations, floored, then per-target weights (official order).
-    affinity = (a_row * a_col).clamp_min(affinity_floor).sqrt() * tg.weights[None, :, None, :]
-    is_pos = tg.is_pos.view(1, 1, 1, -1)
-    s_pos = (affinity * is_pos).sum(-1, keepdim=True)  # [T, G, n, 1]
-    s_neg = (affinity * ~is_pos).sum(-1, keepdim=True)
-    coeff = torch.where(is_pos, affinity * s_neg, -affinity * s_pos)  # [T, G, n, N]
-    T, G, n, N = coeff.shape
-    # One bmm per group over all temperatures: [G, T*n, N] @ [G, N, D] (no copy of the targets).
-    coeff_g = coeff.permute(1, 0, 2, 3).reshape(G, T * n, N)
-    attract_repel = torch.bmm(coeff_g, t).view(G, T, n, -1).permute(1, 0, 2, 3)
-    # sum_j coeff_ij is zero analytically; subtracting it times x_i cancels rounding.
-    return attract_repel - coeff.sum(-1, keepdim=True) * x.unsqueeze(0)
+    gen: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor | None = None
+    neg_weights: torch.Tensor | float | None = None
+    neg_mask: torch.Tensor | None = None
+    neg_index: torch.Tensor | None = None
 
 
 @dataclass
 class DriftResult:
-    """Everything one evaluation of the field produces.
+    """Everything one evaluation of the field produces for one feature key.
 
     Scalars are 0-d fp32 tensors on the input's device, so the hot path never waits for the device;
     convert them to floats only when logging.
@@ -177,7 +86,8 @@ class DriftResult:
         field: [G, n, D] fp32 drift V (normalized feature units if ``normalized`` else raw units).
         scale: mean pairwise distance (section 3 ``scale``); NaN when not normalized.
         feature_scale: s_in, features were divided by it; 1.0 when not normalized.
-        raw_v2: per temperature, mean(V_tau^2) before the per-temperature normalization.
+        raw_v2: per temperature, mean(V_tau^2) before the per-temperature normalization (in
+            normalized feature units when normalized).
         nearest_pos: mean over generated samples of the distance to the nearest positive
             (in units of ``scale`` when normalized, raw units otherwise).
         spread: mean pairwise distance between the generated samples of a group (same units).
@@ -193,6 +103,372 @@ class DriftResult:
     normalized: bool
 
 
+@dataclass(frozen=True)
+class _Options:
+    temperatures: tuple[float, ...]
+    normalize: bool
+    mask_self: bool
+    gen_as_negatives: bool
+    affinity_floor: float
+    distributed: bool
+    process_group: Any
+    memory_budget: int | None
+    chunk_groups: int | None
+    compile: bool
+
+
+@dataclass
+class _Key:
+    """One key's inputs, validated, detached and with weights/mask broadcast to [G, m] (views)."""
+
+    name: str
+    gen: torch.Tensor  # [G, n, D]
+    pos: torch.Tensor  # [G, p, D]
+    neg: torch.Tensor | None  # [G, m, D] or a bank [M, m, D]
+    neg_index: torch.Tensor | None  # [G] long
+    weights: torch.Tensor  # [G, m] fp32 (w_cfg, 0 where masked)
+    valid: torch.Tensor | None  # [G, m] bool, None when nothing is masked
+
+    @property
+    def signature(self) -> tuple:
+        G, n, D = self.gen.shape
+        m = 0 if self.neg is None else self.neg.shape[1]
+        return (n, m, self.pos.shape[1], D, self.gen.device, self.neg is not None)
+
+
+def _prepare(name: str, groups: DriftGroups) -> _Key:
+    """Validate one key's inputs; errors name the key and the argument at fault."""
+    gen, pos, neg = groups.gen, groups.pos, groups.neg
+    where = f"feature key {name!r}: " if name else ""
+    if gen.dim() != 3:
+        raise ValueError(f"{where}gen must be [G, n, D], got shape {tuple(gen.shape)}")
+    G, n, D = gen.shape
+    if pos.dim() != 3 or pos.shape[0] != G or pos.shape[2] != D:
+        raise ValueError(
+            f"{where}pos must be [G, p, D] with G={G} and D={D} as in gen, got shape {tuple(pos.shape)}"
+        )
+    if pos.shape[1] == 0:
+        raise ValueError(f"{where}pos has no positives (shape {tuple(pos.shape)})")
+    index = groups.neg_index
+    if neg is None:
+        for arg in ("neg_weights", "neg_mask", "neg_index"):
+            if getattr(groups, arg) is not None:
+                raise ValueError(f"{where}{arg} was given without neg")
+        m = 0
+    else:
+        if index is not None:
+            if index.shape != (G,) or index.dtype not in (torch.int32, torch.int64):
+                raise ValueError(
+                    f"{where}neg_index must be an integer tensor of shape [G] = [{G}], "
+                    f"got {index.dtype} of shape {tuple(index.shape)}"
+                )
+            if neg.dim() != 3 or neg.shape[2] != D:
+                raise ValueError(f"{where}neg must be a bank [M, m, D] with D={D}, got {tuple(neg.shape)}")
+            if G and (int(index.min()) < 0 or int(index.max()) >= neg.shape[0]):
+                raise ValueError(f"{where}neg_index has entries outside [0, {neg.shape[0]})")
+            index = index.to(device=neg.device, dtype=torch.long)
+        elif neg.dim() != 3 or neg.shape[0] != G or neg.shape[2] != D:
+            raise ValueError(
+                f"{where}neg must be [G, m, D] with G={G} and D={D} as in gen, got shape {tuple(neg.shape)}"
+            )
+        m = neg.shape[1]
+    weights = torch.ones((), device=gen.device).expand(G, m)
+    if groups.neg_weights is not None:
+        w = torch.as_tensor(groups.neg_weights, dtype=torch.float32, device=gen.device)
+        try:
+            weights = torch.broadcast_to(w, (G, m))
+        except RuntimeError as err:
+            raise ValueError(
+                f"{where}neg_weights of shape {tuple(w.shape)} does not broadcast to [G, m] = [{G}, {m}]"
+            ) from err
+    valid = None
+    if groups.neg_mask is not None:
+        try:
+            valid = torch.broadcast_to(groups.neg_mask.to(device=gen.device, dtype=torch.bool), (G, m))
+        except RuntimeError as err:
+            raise ValueError(
+                f"{where}neg_mask of shape {tuple(groups.neg_mask.shape)} does not broadcast to "
+                f"[G, m] = [{G}, {m}]"
+            ) from err
+    return _Key(
+        name=name,
+        gen=gen.detach(),
+        pos=pos.detach(),
+        neg=None if neg is None else neg.detach(),
+        neg_index=index,
+        weights=weights,
+        valid=valid,
+    )
+
+
+@dataclass
+class _Chunk:
+    """Groups [start, stop) of a bucket, materialized in fp32."""
+
+    start: int
+    stop: int
+    x: torch.Tensor  # [c, n, D]
+    targets: list[torch.Tensor]  # blocks [x, u, y] of t, each [c, N_b, D] (t is never concatenated)
+    weights: torch.Tensor  # [c, N]
+    valid: torch.Tensor | None  # [c, N]
+    seg: torch.Tensor  # [c] long, index of the group's key in the bucket
+
+
+def _cat(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+class _Bucket:
+    """Keys of one group shape, evaluated together along a concatenated group axis."""
+
+    def __init__(self, keys: list[_Key], opts: _Options) -> None:
+        self.keys = keys
+        self.opts = opts
+        n, m, p, D, device, _ = keys[0].signature
+        self.n, self.m, self.p, self.D, self.device = n, m, p, D, device
+        self.sizes = [k.gen.shape[0] for k in keys]
+        self.offsets = [0]
+        for size in self.sizes:
+            self.offsets.append(self.offsets[-1] + size)
+        self.total = self.offsets[-1]
+        self.n_self = n if opts.gen_as_negatives else 0
+        self.masked = any(k.valid is not None for k in keys)
+        self.seg = torch.repeat_interleave(
+            torch.arange(len(keys), device=device), torch.tensor(self.sizes, device=device)
+        )
+        self.plan = plan_chunks(
+            self.total, n, m, p, D, len(opts.temperatures), opts.memory_budget, opts.chunk_groups
+        )
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        step = self.plan.chunk_groups
+        for start in range(0, self.total, step):
+            yield start, min(start + step, self.total)
+
+    def chunk(self, start: int, stop: int) -> _Chunk:
+        xs, us, ys, ws, vs = [], [], [], [], []
+        for key, lo, hi in zip(self.keys, self.offsets[:-1], self.offsets[1:], strict=True):
+            s, e = max(start, lo) - lo, min(stop, hi) - lo
+            if s >= e:
+                continue
+            xs.append(key.gen[s:e].float())
+            ys.append(key.pos[s:e].float())
+            if key.neg is not None:
+                u = key.neg[key.neg_index[s:e]] if key.neg_index is not None else key.neg[s:e]
+                us.append(u.float())
+            ws.append(key.weights[s:e] if key.valid is None else key.weights[s:e] * key.valid[s:e])
+            if self.masked:
+                vs.append(
+                    key.valid[s:e]
+                    if key.valid is not None
+                    else torch.ones(e - s, self.m, dtype=torch.bool, device=self.device)
+                )
+        x, y = _cat(xs), _cat(ys)
+        c = x.shape[0]
+        targets = ([x] if self.n_self else []) + ([_cat(us)] if us else []) + [y]
+        ones_self = torch.ones(c, self.n_self, device=self.device)
+        ones_pos = torch.ones(c, self.p, device=self.device)
+        weights = torch.cat([ones_self, _cat(ws).float(), ones_pos], dim=1)
+        valid = None
+        if self.masked:
+            valid = torch.cat([ones_self.bool(), _cat(vs), ones_pos.bool()], dim=1)
+        return _Chunk(start, stop, x, targets, weights, valid, self.seg[start:stop])
+
+    def coefficients(
+        self, ch: _Chunk, dist: torch.Tensor, unit: torch.Tensor, s_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Section-2 coefficients [c, T, n, N] (and rowsum) for fields in normalized units x / s_in."""
+        dist_logit = dist / unit[ch.seg].view(-1, 1, 1)
+        if self.opts.mask_self and self.n_self:
+            dist_logit[:, :, : self.n].diagonal(dim1=1, dim2=2).add_(SELF_MASK_DISTANCE)
+        fn = _compiled_coefficients() if self.opts.compile else drift_coefficients
+        coeff, rowsum = fn(
+            dist_logit,
+            ch.weights,
+            ch.valid,
+            self.p,
+            self.opts.temperatures,
+            self.opts.affinity_floor,
+            self.n_self > 0,
+        )
+        # The field is linear in (x, t) for fixed logits: V(x/s, t/s) = V(x, t) / s. Scaling the
+        # coefficients gives fields in normalized units without materializing x / s_in or t / s_in.
+        inv = (1.0 / s_in[ch.seg]).view(-1, 1, 1, 1)
+        coeff.mul_(inv)
+        if rowsum is not None:
+            rowsum.mul_(inv)
+        return coeff, rowsum
+
+    def evaluate(self) -> list[DriftResult]:
+        opts, n, p, D = self.opts, self.n, self.p, self.D
+        K, T = len(self.keys), len(opts.temperatures)
+        dev = self.device
+        reduce = dict(distributed=opts.distributed, process_group=opts.process_group)
+        single = self.plan.num_chunks == 1
+        cache = single or self.plan.cache
+        dists: dict[int, torch.Tensor] = {}  # chunk start -> [c, n, N]
+        coeffs: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        chunks: dict[int, _Chunk] = {}  # only with a single chunk: the materialized targets
+
+        def get_chunk(start: int, stop: int) -> _Chunk:
+            if start in chunks:
+                return chunks[start]
+            ch = self.chunk(start, stop)
+            if single:
+                chunks[start] = ch
+            return ch
+
+        def get_dist(ch: _Chunk) -> torch.Tensor:
+            return dists[ch.start] if ch.start in dists else pairwise_distances(ch.x, ch.targets)
+
+        # Pass 1: distances -> per-group partial sums for the section-3 scale and the diagnostics.
+        per_group = torch.zeros(4, self.total, device=dev)  # weighted dist, weight, nearest, spread
+        eye = torch.eye(n, dtype=torch.bool, device=dev)
+        for start, stop in self.ranges():
+            ch = get_chunk(start, stop)
+            dist = get_dist(ch)  # [c, n, N]
+            per_group[0, start:stop] = (dist * ch.weights.unsqueeze(1)).sum((1, 2))
+            per_group[1, start:stop] = ch.weights.sum(1) * n
+            per_group[2, start:stop] = dist[:, :, -p:].amin(-1).sum(-1)
+            if n > 1:
+                dx = dist[:, :, :n] if self.n_self else pairwise_distances(ch.x, ch.x)
+                per_group[3, start:stop] = dx.masked_fill(eye, 0.0).sum((1, 2))
+            if cache:
+                dists[start] = dist
+        sizes = torch.tensor(self.sizes, device=dev, dtype=torch.float32)
+        # Per-key sums of per-group sums: a fixed order, so chunking does not change the result.
+        sums = torch.zeros(4, K, device=dev).index_add_(1, self.seg, per_group)
+        counts = torch.stack([sizes * n, sizes * n * max(n - 1, 0)])  # nearest, spread
+        pooled = all_reduce_sum(torch.cat([sums, counts]), **reduce)  # [6, K]
+        if opts.normalize:
+            scale = pooled[0] / pooled[1].clamp_min(1e-12)  # [K]
+            s_in = (scale / D**0.5).clamp_min(1e-3)
+            unit = scale.clamp_min(1e-3)
+        else:
+            scale = torch.full((K,), float("nan"), device=dev)
+            s_in = unit = torch.ones(K, device=dev)
+        nearest = pooled[2] / pooled[4].clamp_min(1) / unit
+        spread = pooled[3] / pooled[5].clamp_min(1) / unit
+
+        # Pass 2: coefficients -> V_tau -> per-group sums of V_tau^2 (for lambda and the logs).
+        v2_group = torch.zeros(self.total, T, device=dev)
+        for start, stop in self.ranges():
+            ch = get_chunk(start, stop)
+            coeff, rowsum = self.coefficients(ch, get_dist(ch), unit, s_in)
+            dists.pop(start, None)
+            v = apply_coefficients(coeff, ch.targets, rowsum, ch.x)  # [c, T, n, D]
+            v2_group[start:stop] = v.square_().sum((2, 3))
+            del v
+            if cache:
+                coeffs[start] = (coeff, rowsum)
+        v2_sums = torch.zeros(K, T, device=dev).index_add_(0, self.seg, v2_group)
+        pooled_v2 = all_reduce_sum(torch.cat([v2_sums, (sizes * n * D).unsqueeze(1)], dim=1), **reduce)
+        raw_v2 = pooled_v2[:, :T] / pooled_v2[:, T:].clamp_min(1)  # [K, T]
+
+        # Pass 3: V = sum_tau V_tau / lambda_tau = (sum_tau coeff_tau / lambda_tau) @ t, with one
+        # lambda per key and temperature (section 3); the raw field uses lambda = 1.
+        inv_lam = raw_v2.clamp_min(1e-8).rsqrt() if opts.normalize else torch.ones(K, T, device=dev)
+        field = torch.empty(self.total, n, D, device=dev)
+        for start, stop in self.ranges():
+            ch = get_chunk(start, stop)
+            if start in coeffs:
+                coeff, rowsum = coeffs.pop(start)
+            else:  # recompute: memory stays bounded by the chunk, at the cost of more passes
+                coeff, rowsum = self.coefficients(ch, pairwise_distances(ch.x, ch.targets), unit, s_in)
+            w = inv_lam[ch.seg].view(-1, T, 1, 1)
+            combined = _sum_over_temperatures(coeff, w)  # [c, n, N]
+            combined_rowsum = None if rowsum is None else _sum_over_temperatures(rowsum, w)
+            apply_coefficients(combined, ch.targets, combined_rowsum, ch.x, out=field[start:stop])
+        chunks.clear()
+
+        results = []
+        for k, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:], strict=True)):
+            results.append(
+                DriftResult(
+                    field=field[lo:hi],
+                    scale=scale[k],
+                    feature_scale=s_in[k],
+                    raw_v2={tau: raw_v2[k, i] for i, tau in enumerate(opts.temperatures)},
+                    nearest_pos=nearest[k],
+                    spread=spread[k] if n > 1 else torch.zeros((), device=dev),
+                    normalized=opts.normalize,
+                )
+            )
+        return results
+
+
+def _sum_over_temperatures(coeff: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum_tau weight[:, tau] * coeff[:, tau]: [c, T, n, k] -> [c, n, k], in a fixed order."""
+    out = coeff[:, 0] * weight[:, 0]
+    for i in range(1, coeff.shape[1]):
+        out.add_(coeff[:, i] * weight[:, i])
+    return out
+
+
+_COMPILED: Any = None
+
+
+def _compiled_coefficients() -> Any:
+    """``torch.compile`` of the coefficient kernel, built once (dynamic: chunk sizes vary)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(drift_coefficients, dynamic=True)
+    return _COMPILED
+
+
+def compute_drifts(
+    keys: Mapping[str, DriftGroups],
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    normalize: bool = True,
+    *,
+    mask_self: bool = True,
+    gen_as_negatives: bool = True,
+    affinity_floor: float = DEFAULT_AFFINITY_FLOOR,
+    distributed: bool = False,
+    process_group: torch.distributed.ProcessGroup | None = None,
+    memory_budget: int | None = None,
+    chunk_groups: int | None = None,
+    compile: bool = False,
+) -> dict[str, DriftResult]:
+    """The field of several feature keys; each key has its own section-3 scalars.
+
+    Keys with the same group shape (n, m, p, D) are batched into one kernel call per chunk. See
+    :func:`drifting_field` for the arguments; ``keys`` maps a key name to its groups.
+
+    Returns:
+        key -> :class:`DriftResult`, in the order of ``keys``.
+    """
+    temps = tuple(float(tau) for tau in temperatures)
+    if len(temps) == 0 or any(not tau > 0 for tau in temps):
+        raise ValueError(
+            f"temperatures must be a non-empty list of positive numbers, got {list(temperatures)}"
+        )
+    opts = _Options(
+        temps,
+        normalize,
+        mask_self,
+        gen_as_negatives,
+        float(affinity_floor),
+        distributed,
+        process_group,
+        memory_budget,
+        chunk_groups,
+        compile,
+    )
+    if not keys:
+        raise ValueError("at least one feature key is needed")
+    prepared = [_prepare(name, groups) for name, groups in keys.items()]
+    buckets: dict[tuple, list[_Key]] = {}
+    for key in prepared:  # insertion order: identical on every process, so collectives match
+        buckets.setdefault(key.signature, []).append(key)
+    out: dict[str, DriftResult] = {}
+    with torch.no_grad(), torch.autocast(device_type=prepared[0].gen.device.type, enabled=False):
+        for bucket_keys in buckets.values():
+            for key, result in zip(bucket_keys, _Bucket(bucket_keys, opts).evaluate(), strict=True):
+                out[key.name] = result
+    return {name: out[name] for name in keys}
+
+
 def compute_drift(
     gen: torch.Tensor,
     pos: torch.Tensor,
@@ -202,79 +478,12 @@ def compute_drift(
     normalize: bool = True,
     *,
     neg_mask: torch.Tensor | None = None,
-    mask_self: bool = True,
-    gen_as_negatives: bool = True,
-    affinity_floor: float = DEFAULT_AFFINITY_FLOOR,
-    distributed: bool = False,
-    process_group: torch.distributed.ProcessGroup | None = None,
+    neg_index: torch.Tensor | None = None,
+    **kwargs: Any,
 ) -> DriftResult:
-    """Field plus diagnostics; see :func:`drifting_field` for the arguments."""
-    _check_inputs(gen, pos, neg, temperatures)
-    with torch.no_grad(), torch.autocast(device_type=gen.device.type, enabled=False):
-        x = gen.detach().float()
-        tg = _build_targets(
-            x,
-            pos.detach().float(),
-            None if neg is None else neg.detach().float(),
-            neg_weights,
-            neg_mask,
-            gen_as_negatives,
-        )
-        G, n, D = x.shape
-        dist = pairwise_distances(x, tg.t)  # [G, n, N]
-        reduce = dict(distributed=distributed, process_group=process_group)
-
-        if normalize:
-            # Section 3: one scale per feature key, pooled over all groups (and processes); the
-            # weights w_j (w_cfg for u, 0 for masked targets) weigh the pairs, self pairs included.
-            pair_w = tg.weights.unsqueeze(1).expand_as(dist)
-            scale = global_mean((dist * pair_w).sum(), pair_w.sum(), **reduce)
-            feature_scale = torch.clamp(scale / D**0.5, min=1e-3)
-            dist_unit = torch.clamp(scale, min=1e-3)
-            x_in, t_in = x / feature_scale, tg.t / feature_scale
-            dist_logit = dist / dist_unit
-        else:
-            scale = torch.tensor(float("nan"), device=x.device)
-            feature_scale = torch.tensor(1.0, device=x.device)
-            dist_unit = torch.tensor(1.0, device=x.device)
-            x_in, t_in = x, tg.t
-            dist_logit = dist
-        if mask_self and tg.n_self > 0:
-            eye = torch.eye(n, device=x.device, dtype=torch.float32)
-            dist_logit = dist_logit.clone()
-            dist_logit[:, :, :n] += SELF_MASK_DISTANCE * eye
-
-        v_per_tau = _kernel_field(x_in, tg, t_in, dist_logit, temperatures, affinity_floor)  # [T,G,n,D]
-        raw_v2: dict[float, torch.Tensor] = {}
-        field = torch.zeros_like(x_in)
-        for k, tau in enumerate(temperatures):
-            v2 = global_mean(v_per_tau[k].square().sum(), v_per_tau[k].numel(), **reduce)
-            raw_v2[float(tau)] = v2
-            if normalize:
-                # lambda_tau: one scalar per key and temperature so each V_tau has unit RMS.
-                field = field + v_per_tau[k] / torch.sqrt(torch.clamp(v2, min=1e-8))
-            else:
-                field = field + v_per_tau[k]
-
-        # Diagnostics (same distance units as the logits, self pairs excluded).
-        pos_d = dist[:, :, tg.is_pos]  # [G, n, p]
-        nearest_pos = global_mean(pos_d.min(-1).values.sum(), G * n, **reduce) / dist_unit
-        if n > 1:
-            # The first n targets are the generated set itself: reuse those distances.
-            dx = dist[:, :, :n] if tg.n_self == n else pairwise_distances(x, x)
-            off = ~torch.eye(n, dtype=torch.bool, device=x.device)
-            spread = global_mean(dx[:, off].sum(), G * n * (n - 1), **reduce) / dist_unit
-        else:
-            spread = torch.zeros((), device=x.device)
-    return DriftResult(
-        field=field,
-        scale=scale,
-        feature_scale=feature_scale,
-        raw_v2=raw_v2,
-        nearest_pos=nearest_pos,
-        spread=spread,
-        normalized=normalize,
-    )
+    """Field plus diagnostics of one feature key; see :func:`drifting_field` for the arguments."""
+    groups = DriftGroups(gen, pos, neg, neg_weights, neg_mask, neg_index)
+    return compute_drifts({"": groups}, temperatures, normalize, **kwargs)[""]
 
 
 def drifting_field(
@@ -286,18 +495,23 @@ def drifting_field(
     normalize: bool = True,
     *,
     neg_mask: torch.Tensor | None = None,
+    neg_index: torch.Tensor | None = None,
     mask_self: bool = True,
     gen_as_negatives: bool = True,
     affinity_floor: float = DEFAULT_AFFINITY_FLOOR,
     distributed: bool = False,
     process_group: torch.distributed.ProcessGroup | None = None,
+    memory_budget: int | None = None,
+    chunk_groups: int | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
-    """The drifting field V (METHOD.md sections 2 and 3), batched over groups.
+    """The drifting field V of one feature key (METHOD.md sections 2 and 3), batched over groups.
 
     Args:
         gen: [G, n, D] generated features; also the negatives, each self-masked.
         pos: [G, p, D] positives y.
-        neg: [G, m, D] extra negatives u (e.g. unconditional real data), or None.
+        neg: [G, m, D] extra negatives u (e.g. unconditional real data), or None; with
+            ``neg_index`` a bank [M, m, D] shared between groups.
         neg_weights: per-target weights of ``neg`` (w_cfg), broadcastable to [G, m]; default 1.
         temperatures: the taus; the field is summed over them.
         normalize: False returns the raw field of section 2 (logits -d/tau on unnormalized
@@ -305,12 +519,17 @@ def drifting_field(
             section 3 in normalized feature units (x / s_in), each V_tau divided by its RMS.
         neg_mask: bool, broadcastable to [G, m]; False removes that target from the group entirely
             (both softmaxes and the weights), e.g. real images whose caption equals this prompt.
+        neg_index: [G] long; group g uses ``neg[neg_index[g]]``.
         mask_self: exclude each generated sample from its own negatives (+100 on its distance).
         gen_as_negatives: use the generated set as negatives (the method). False leaves only
             ``neg`` as negatives (used by the anti-symmetry check of section 8).
         affinity_floor: floor under A_row * A_col (official release: 1e-6).
         distributed: pool the section-3 scalars over all processes with an all-reduce.
         process_group: the group for that all-reduce (None: the default group).
+        memory_budget: bytes of working memory; groups are evaluated in chunks that fit (see
+            :mod:`t2i_drift.drifting.chunking`). None: one chunk. The result does not depend on it.
+        chunk_groups: explicit groups per chunk (overrides the budget's choice).
+        compile: run the kernel through ``torch.compile``.
     Returns:
         [G, n, D] float32 field, detached (no gradient ever flows through V).
     """
@@ -322,12 +541,30 @@ def drifting_field(
         temperatures,
         normalize,
         neg_mask=neg_mask,
+        neg_index=neg_index,
         mask_self=mask_self,
         gen_as_negatives=gen_as_negatives,
         affinity_floor=affinity_floor,
         distributed=distributed,
         process_group=process_group,
+        memory_budget=memory_budget,
+        chunk_groups=chunk_groups,
+        compile=compile,
     ).field
+
+
+def _key_loss(gen: torch.Tensor, result: DriftResult) -> torch.Tensor:
+    """mean((x~ - stopgrad(x~ + V))^2) with x~ = gen / s_in (s_in a constant), in fp32."""
+    with torch.autocast(device_type=gen.device.type, enabled=False):
+        x = gen.float() / result.feature_scale
+        target = (x.detach() + result.field).detach()
+        return F.mse_loss(x, target)
+
+
+def _key_stats(result: DriftResult) -> dict[str, torch.Tensor]:
+    stats = {f"v2/tau={tau:g}": v for tau, v in result.raw_v2.items()}
+    stats.update(scale=result.scale, nearest_pos=result.nearest_pos, spread=result.spread)
+    return stats
 
 
 def drifting_loss(
@@ -337,9 +574,9 @@ def drifting_loss(
     neg_weights: torch.Tensor | float | None = None,
     temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
     normalize: bool = True,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Drifting loss of one feature key: mean((x~ - stopgrad(x~ + V))^2) (METHOD.md eq. in sec. 1, 3).
+    """Drifting loss of one feature key: mean((x~ - stopgrad(x~ + V))^2) (METHOD.md sections 1, 3).
 
     Same arguments as :func:`drifting_field`. The gradient reaches only ``gen``; with
     ``normalize=True`` x~ = gen / s_in (s_in is a constant), so the value is mean(V^2) = O(1) per key.
@@ -351,10 +588,36 @@ def drifting_loss(
             detached 0-d tensor (convert with ``float`` when logging, not every step).
     """
     result = compute_drift(gen, pos, neg, neg_weights, temperatures, normalize, **kwargs)
-    with torch.autocast(device_type=gen.device.type, enabled=False):
-        x = gen.float() / result.feature_scale
-        target = (x.detach() + result.field).detach()
-        loss = F.mse_loss(x, target)
-    stats: dict[str, torch.Tensor] = {f"v2/tau={tau:g}": v for tau, v in result.raw_v2.items()}
-    stats.update(scale=result.scale, nearest_pos=result.nearest_pos, spread=result.spread)
-    return loss, stats
+    return _key_loss(gen, result), _key_stats(result)
+
+
+def drifting_losses(
+    keys: Mapping[str, DriftGroups],
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    normalize: bool = True,
+    *,
+    key_weights: Mapping[str, float] | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum over feature keys of the drifting loss (METHOD.md section 3: loss = sum_key loss_key).
+
+    Args:
+        keys: key name -> its groups; keys of equal group shape share kernel calls.
+        temperatures, normalize, **kwargs: as in :func:`drifting_field`.
+        key_weights: optional weight per key (default 1, METHOD.md's plain sum). A key's
+            normalization is unchanged; the weight only scales its loss term.
+    Returns:
+        loss (scalar fp32) and stats: ``loss/<key>`` and ``<key>/<stat>`` as in :func:`drifting_loss`.
+    """
+    results = compute_drifts(keys, temperatures, normalize, **kwargs)
+    total: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] = {}
+    for name, result in results.items():
+        loss = _key_loss(keys[name].gen, result)
+        weight = 1.0 if key_weights is None else float(key_weights.get(name, 1.0))
+        total = weight * loss if total is None else total + weight * loss
+        stats[f"loss/{name}"] = loss.detach()
+        stats.update({f"{name}/{stat}": value for stat, value in _key_stats(result).items()})
+    if total is None:
+        raise ValueError("drifting_losses needs at least one feature key")
+    return total, stats

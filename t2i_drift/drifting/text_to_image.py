@@ -11,16 +11,17 @@ B*L groups. Group (b, l) holds
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from t2i_drift.drifting.field import DEFAULT_TEMPERATURES, drifting_loss
+from t2i_drift.drifting.field import DEFAULT_TEMPERATURES, DriftGroups, drifting_losses
 from t2i_drift.drifting.guidance import guidance_weight
 
 
 def group_by_prompt(
     gen: torch.Tensor, real: torch.Tensor, samples_per_prompt: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Arrange one key's features into groups.
 
     Args:
@@ -29,7 +30,10 @@ def group_by_prompt(
         real: [B, L, D] features of the paired real images.
         samples_per_prompt: G.
     Returns:
-        gen_groups [B*L, G, D], pos_groups [B*L, 1, D], neg_groups [B*L, B, D]; group index b*L + l.
+        gen_groups [B*L, G, D], pos_groups [B*L, 1, D], the negative bank [L, B, D] (all B real
+        images at each location, a view of ``real``) and neg_index [B*L] (group b*L + l uses bank
+        row l). The bank is shared, so the [B*L, B, D] per-group copy is never built whole: the
+        field gathers it chunk by chunk.
     """
     BG, L, D = gen.shape
     B = real.shape[0]
@@ -39,9 +43,9 @@ def group_by_prompt(
         )
     gen_groups = gen.view(B, samples_per_prompt, L, D).transpose(1, 2).reshape(B * L, samples_per_prompt, D)
     pos_groups = real.reshape(B * L, 1, D)
-    # Every group at location l sees all B real images at l: [L, B, D] tiled over the prompts.
-    neg_groups = real.transpose(0, 1).unsqueeze(0).expand(B, L, B, D).reshape(B * L, B, D)
-    return gen_groups, pos_groups, neg_groups
+    neg_bank = real.transpose(0, 1)  # [L, B, D]
+    neg_index = torch.arange(L, device=real.device).repeat(B)  # [B*L]: l for group b*L + l
+    return gen_groups, pos_groups, neg_bank, neg_index
 
 
 def uncond_mask(caption_ids: torch.Tensor) -> torch.Tensor:
@@ -60,6 +64,7 @@ def text_to_image_drift_loss(
     *,
     key_weights: Mapping[str, float] | None = None,
     distributed: bool = False,
+    **drift_options: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over feature keys of the normalized drifting loss (METHOD.md sections 3, 5, 7).
 
@@ -73,6 +78,8 @@ def text_to_image_drift_loss(
         key_weights: optional weight per key (default 1: METHOD.md's plain sum over keys). The
             normalization of each key is unchanged; the weight only scales its loss term.
         distributed: pool normalization scalars across processes.
+        **drift_options: passed to :func:`~t2i_drift.drifting.field.compute_drifts`
+            (``memory_budget``, ``chunk_groups``, ``compile``, ``affinity_floor``, ...).
     Returns:
         loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>`` (0-d tensors; no device sync).
     """
@@ -84,23 +91,18 @@ def text_to_image_drift_loss(
         )
     valid = uncond_mask(caption_ids.to(alpha.device))  # [B, B]
     w_cfg = guidance_weight(alpha, samples_per_prompt, valid.sum(1))  # [B]
-    total = torch.zeros((), device=alpha.device)
-    stats: dict[str, torch.Tensor] = {}
+    keys: dict[str, DriftGroups] = {}
     for key in gen_features:
-        gen, pos, neg = group_by_prompt(gen_features[key], real_features[key], samples_per_prompt)
+        gen, pos, bank, index = group_by_prompt(gen_features[key], real_features[key], samples_per_prompt)
         L = real_features[key].shape[1]
-        loss, key_stats = drifting_loss(
+        keys[key] = DriftGroups(
             gen,
             pos,
-            neg,
+            bank,
             neg_weights=w_cfg.repeat_interleave(L).unsqueeze(1),  # [B*L, 1] -> broadcast to [B*L, B]
-            temperatures=temperatures,
-            normalize=True,
             neg_mask=valid.repeat_interleave(L, dim=0),  # [B*L, B]
-            distributed=distributed,
+            neg_index=index,
         )
-        weight = 1.0 if key_weights is None else float(key_weights.get(key, 1.0))
-        total = total + weight * loss
-        stats[f"loss/{key}"] = loss.detach()
-        stats.update({f"{key}/{name}": value for name, value in key_stats.items()})
-    return total, stats
+    return drifting_losses(
+        keys, temperatures, normalize=True, key_weights=key_weights, distributed=distributed, **drift_options
+    )

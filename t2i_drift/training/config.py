@@ -75,6 +75,11 @@ class DriftConfig:
     alpha_max: float = 4.0
     alpha_power: float = 3.0
     alpha_fraction_at_one: float = 0.0
+    memory_budget_mb: float | None = 2048.0
+    """Working memory of the field evaluation (MiB): groups are processed in chunks that fit. The
+    result does not depend on it (t2i_drift/drifting/chunking.py); null evaluates in one chunk."""
+    compile: bool = False
+    """Run the field's coefficient kernel through ``torch.compile``."""
 
 
 @dataclass
@@ -256,7 +261,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         cfg = config_from_dict(values or {}, source=str(path))
-    return apply_overrides(cfg, overrides or [])
+    cfg = apply_overrides(cfg, overrides or [])
+    validate_config(cfg, source="config" if path is None else str(path))
+    return cfg
+
+
+def validate_config(cfg: Config, source: str = "config") -> None:
+    """Range checks that types alone cannot express; errors name the dotted key."""
+    d = cfg.drift
+    checks = [
+        ("drift.samples_per_prompt", d.samples_per_prompt >= 2, "must be >= 2 (the drift needs negatives)"),
+        (
+            "drift.temperatures",
+            len(d.temperatures) > 0 and all(t > 0 for t in d.temperatures),
+            "must be a non-empty list of positive numbers",
+        ),
+        ("drift.alpha_max", d.alpha_max >= 1.0, "must be >= 1 (alpha = 1 is no guidance)"),
+        ("drift.alpha_fraction_at_one", 0.0 <= d.alpha_fraction_at_one <= 1.0, "must be in [0, 1]"),
+        (
+            "drift.memory_budget_mb",
+            d.memory_budget_mb is None or d.memory_budget_mb > 0,
+            "must be positive or null",
+        ),
+        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {key} = {_lookup(cfg, key)!r} {message}")
+
+
+def _lookup(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

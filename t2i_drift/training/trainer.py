@@ -343,6 +343,8 @@ def train_step(
         cfg.drift.temperatures,
         key_weights=feature_key_weights(cfg, list(gen_features)),
         distributed=distributed,
+        memory_budget=None if cfg.drift.memory_budget_mb is None else int(cfg.drift.memory_budget_mb * 2**20),
+        compile=cfg.drift.compile,
     )
     if not torch.isfinite(loss):  # the one device sync per step: never step on a NaN
         raise FloatingPointError(f"non-finite drifting loss {loss.item()} (stats: {stats})")
