@@ -258,3 +258,46 @@ def test_two_process_ddp_run_on_cpu(tmp_path):
     ckpt = tmp_path / "ddp" / "checkpoints" / "checkpoint-2"
     assert (ckpt / "rng_state_0.safetensors").is_file() and (ckpt / "rng_state_1.safetensors").is_file()
     assert (tmp_path / "ddp" / PIPELINE_SUBDIR / "model_index.json").is_file()
+
+
+def test_export_checkpoint_ema_raw_and_bf16_variant(run_dir, tmp_path):
+    """checkpoint-2's EMA weights are exactly what the trainer exported at step 2; --no-ema gives
+    the raw weights; the bf16 variant loads with variant="bf16"."""
+    import subprocess
+    import sys
+
+    from t2i_drift import DriftingTransformer2DModel
+
+    ckpt = run_dir / "checkpoints" / "checkpoint-2"
+    script = Path(__file__).parent.parent / "scripts" / "export_pipeline.py"
+    for extra, out in (([], "ema"), (["--no-ema", "--variant", "bf16"], "raw")):
+        proc = subprocess.run(
+            [sys.executable, str(script), "--checkpoint", str(ckpt), "--out", str(tmp_path / out), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+    name = "diffusion_pytorch_model.safetensors"
+    trained = load_file(str(run_dir / PIPELINE_SUBDIR / "transformer" / name))
+    ema = load_file(str(tmp_path / "ema" / "transformer" / name))
+    raw = load_file(str(tmp_path / "raw" / "transformer" / name))
+    ckpt_raw = load_file(str(ckpt / "transformer" / name))
+    assert trained.keys() == ema.keys()
+    assert all(torch.equal(trained[k], ema[k]) for k in trained)
+    assert all(torch.equal(ckpt_raw[k], raw[k]) for k in raw)
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # EMA and raw differ: the test can fail
+    low = DriftingTransformer2DModel.from_pretrained(
+        tmp_path / "raw" / "transformer", variant="bf16", torch_dtype=torch.bfloat16
+    )
+    assert next(low.parameters()).dtype == torch.bfloat16
+    assert (tmp_path / "ema" / "samples.png").is_file() and "![samples](samples.png)" in (
+        tmp_path / "ema" / "README.md"
+    ).read_text()
+    bad = subprocess.run(
+        [sys.executable, str(script), "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "not a checkpoint folder" in bad.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -35,9 +35,7 @@ from t2i_drift.data.openmoji import OpenMojiDataset
 from t2i_drift.data.splits import caption_hash
 from t2i_drift.drifting.guidance import sample_alpha
 from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
-from t2i_drift.hub import render_model_card
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
 from t2i_drift.text.encoders import encode_in_batches, load_text_encoder
 from t2i_drift.training.builders import (
     build_feature_encoder,
@@ -54,6 +52,7 @@ from t2i_drift.training.checkpoint import (
     save_checkpoint,
 )
 from t2i_drift.training.config import Config, save_config
+from t2i_drift.training.export import SAMPLE_GRID_NAME, export_pipeline
 
 PIPELINE_SUBDIR = "pipeline"
 
@@ -73,31 +72,6 @@ def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset:
         val_fraction=cfg.data.val_fraction,
         max_samples=cfg.data.max_samples if split == "train" else None,
     )
-
-
-def make_pipeline(
-    cfg: Config, transformer: DriftingTransformer2DModel, text_encoder, tokenizer
-) -> DriftingPipeline:
-    return DriftingPipeline(
-        transformer=transformer,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        max_sequence_length=cfg.text.max_length,
-        text_pooling=cfg.text.pooling,
-        guidance_scale_range=(1.0, cfg.drift.alpha_max),
-    )
-
-
-def sample_grid(pipe: DriftingPipeline, cfg: Config, seed: int):
-    """Grid: one row per ``eval.sample_prompts`` entry, ``eval.samples_per_grid_prompt`` columns."""
-    n = cfg.eval.samples_per_grid_prompt
-    images = pipe(
-        list(cfg.eval.sample_prompts),
-        num_images_per_prompt=n,
-        guidance_scale=cfg.eval.guidance_scale,
-        generator=torch.Generator().manual_seed(seed),
-    ).images
-    return make_image_grid(images, rows=len(cfg.eval.sample_prompts), cols=n)
 
 
 def train(cfg: Config) -> Path:
@@ -267,15 +241,9 @@ def train(cfg: Config) -> Path:
     if main:
         ema_model = DriftingTransformer2DModel.from_config(unwrapped.config)
         ema.copy_to(ema_model.parameters())
-        ema_model.eval()
-        pipe = make_pipeline(cfg, ema_model, text_encoder, tokenizer)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.save_pretrained(pipe_dir)
-        save_config(cfg, pipe_dir / "training_config.yaml")
-        render_model_card(
-            cfg.to_dict(), generator_params=n_params, steps=state.step, repo_or_path=str(pipe_dir)
-        ).save(pipe_dir / "README.md")
-        sample_grid(pipe, cfg, cfg.train.seed).save(out_dir / "samples" / f"step-{state.step}.png")
+        export_pipeline(cfg, ema_model, text_encoder, tokenizer, pipe_dir, steps=state.step)
+        # The same grid, kept with the run's other sample grids.
+        shutil.copyfile(pipe_dir / SAMPLE_GRID_NAME, out_dir / "samples" / f"step-{state.step}.png")
         summary = {
             "steps": state.step,
             "steps_this_run": steps_this_run,

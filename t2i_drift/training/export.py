@@ -1,0 +1,151 @@
+"""Turn a trained generator into a diffusers pipeline folder (DriftingPipeline.save_pretrained).
+
+Used at the end of training and by ``scripts/export_pipeline.py`` for any checkpoint. A pipeline
+folder holds the standard diffusers layout plus:
+    README.md              model card (huggingface_hub ModelCard from model_cards/)
+    training_config.yaml   the resolved run config
+    samples.png            a sample grid of the exported weights (shown in the card)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers.utils import make_image_grid
+from safetensors.torch import load_file
+
+from t2i_drift.hub import render_model_card
+from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
+from t2i_drift.text.encoders import load_text_encoder
+from t2i_drift.training.config import Config, config_from_dict, save_config
+
+SAMPLE_GRID_NAME = "samples.png"
+_VARIANT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_pipeline(
+    cfg: Config, transformer: DriftingTransformer2DModel, text_encoder, tokenizer
+) -> DriftingPipeline:
+    """The inference pipeline for a generator trained with ``cfg``."""
+    return DriftingPipeline(
+        transformer=transformer,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        max_sequence_length=cfg.text.max_length,
+        text_pooling=cfg.text.pooling,
+        guidance_scale_range=(1.0, cfg.drift.alpha_max),
+    )
+
+
+def sample_grid(pipe: DriftingPipeline, cfg: Config, seed: int):
+    """Grid: one row per ``eval.sample_prompts`` entry, ``eval.samples_per_grid_prompt`` columns."""
+    n = cfg.eval.samples_per_grid_prompt
+    images = pipe(
+        list(cfg.eval.sample_prompts),
+        num_images_per_prompt=n,
+        guidance_scale=cfg.eval.guidance_scale,
+        generator=torch.Generator().manual_seed(seed),
+    ).images
+    return make_image_grid(images, rows=len(cfg.eval.sample_prompts), cols=n)
+
+
+def export_pipeline(
+    cfg: Config,
+    transformer: DriftingTransformer2DModel,
+    text_encoder,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    steps: int,
+    metrics: dict[str, float] | None = None,
+    variant: str | None = None,
+    repo_or_path: str | None = None,
+) -> DriftingPipeline:
+    """Save a pipeline folder with model card, config and sample grid; returns the pipeline.
+
+    Args:
+        variant: None for fp32 weights; ``bf16``/``fp16`` additionally writes the transformer in
+            that dtype as a diffusers variant (``diffusion_pytorch_model.bf16.safetensors``), loaded
+            with ``from_pretrained(..., variant="bf16", torch_dtype=torch.bfloat16)``.
+        repo_or_path: what the card's usage snippet loads (default: ``out_dir``).
+    """
+    if variant is not None and variant not in _VARIANT_DTYPES:
+        raise ValueError(f"variant must be one of {sorted(_VARIANT_DTYPES)} or None, got {variant!r}")
+    out_dir = Path(out_dir)
+    transformer.eval()
+    pipe = make_pipeline(cfg, transformer, text_encoder, tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(out_dir)
+    if variant is not None:
+        low = DriftingTransformer2DModel.from_config(transformer.config)
+        low.load_state_dict(transformer.state_dict())
+        low.to(_VARIANT_DTYPES[variant]).save_pretrained(out_dir / "transformer", variant=variant)
+    save_config(cfg, out_dir / "training_config.yaml")
+    sample_grid(pipe, cfg, cfg.train.seed).save(out_dir / SAMPLE_GRID_NAME)
+    n_params = sum(p.numel() for p in transformer.parameters())
+    render_model_card(
+        cfg.to_dict(),
+        generator_params=n_params,
+        steps=steps,
+        repo_or_path=repo_or_path or str(out_dir),
+        metrics=metrics,
+        sample_grid=SAMPLE_GRID_NAME,
+    ).save(out_dir / "README.md")
+    return pipe
+
+
+def load_checkpoint_generator(checkpoint: str | Path, use_ema: bool = True) -> DriftingTransformer2DModel:
+    """The generator of a training checkpoint folder, with its EMA weights by default.
+
+    The EMA file stores the shadow parameters in ``model.parameters()`` order (diffusers EMAModel).
+    """
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{checkpoint} is not a checkpoint folder (no trainer_state.json)")
+    model = DriftingTransformer2DModel.from_pretrained(checkpoint / "transformer")
+    if use_ema:
+        shadow = load_file(str(checkpoint / "ema.safetensors"))
+        params = list(model.parameters())
+        if len(shadow) != len(params):
+            raise ValueError(
+                f"{checkpoint}/ema.safetensors holds {len(shadow)} tensors, "
+                f"the model has {len(params)} parameters"
+            )
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                if shadow[str(i)].shape != p.shape:
+                    raise ValueError(
+                        f"{checkpoint}/ema.safetensors tensor {i} has shape {tuple(shadow[str(i)].shape)}, "
+                        f"parameter {i} has {tuple(p.shape)}"
+                    )
+                p.copy_(shadow[str(i)])
+    return model.eval()
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    use_ema: bool = True,
+    variant: str | None = None,
+    repo_or_path: str | None = None,
+) -> DriftingPipeline:
+    """Checkpoint folder -> pipeline folder, with the run config saved in the checkpoint."""
+    checkpoint = Path(checkpoint)
+    model = load_checkpoint_generator(checkpoint, use_ema=use_ema)
+    meta = json.loads((checkpoint / "trainer_state.json").read_text())
+    cfg = config_from_dict(meta["config"], source=f"{checkpoint}/trainer_state.json")
+    tokenizer, text_encoder = load_text_encoder(cfg.text.encoder)
+    return export_pipeline(
+        cfg,
+        model,
+        text_encoder,
+        tokenizer,
+        out_dir,
+        steps=int(meta["step"]),
+        variant=variant,
+        repo_or_path=repo_or_path,
+    )
