@@ -18,9 +18,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-from t2i_drift.text.encoders import TextEmbeddings, encode_prompts
+from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_text
 
 _OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
 
 
 class DriftingPipeline(DiffusionPipeline):
@@ -31,14 +32,18 @@ class DriftingPipeline(DiffusionPipeline):
         text_encoder: a frozen transformers text model (MiniLM, CLIP, T5, ...).
         tokenizer: its tokenizer.
         vae: optional diffusers ``AutoencoderKL``; absent for pixel-space generators.
+        text_encoder_2, tokenizer_2: an optional second encoder (e.g. CLIP pooled + T5 tokens).
     Config:
-        max_sequence_length: text tokens (padding/truncation length used in training).
-        text_pooling: how the pooled embedding is made (``mean``, ``cls``, ``pooler``).
+        max_sequence_length: text tokens of ``text_encoder`` (padding/truncation length of training).
+        text_pooling: how its pooled embedding is made (``auto``, ``mean``, ``cls``, ``pooler``).
+        max_sequence_length_2, text_pooling_2: the same for ``text_encoder_2``.
+        token_sources, pooled_sources: which encoders give the token embeddings (concatenated
+            along the sequence) and the pooled embedding (concatenated along channels).
         guidance_scale_range: [min, max] alpha seen in training; values outside are refused.
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = ["vae"]
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    _optional_components = ["vae", "text_encoder_2", "tokenizer_2"]
 
     def __init__(
         self,
@@ -46,17 +51,38 @@ class DriftingPipeline(DiffusionPipeline):
         text_encoder: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         vae: Any = None,
+        text_encoder_2: PreTrainedModel | None = None,
+        tokenizer_2: PreTrainedTokenizerBase | None = None,
         max_sequence_length: int = 32,
-        text_pooling: str = "mean",
+        text_pooling: str = "auto",
+        max_sequence_length_2: int = 77,
+        text_pooling_2: str = "auto",
+        token_sources: list[str] | tuple[str, ...] = ("text_encoder",),
+        pooled_sources: list[str] | tuple[str, ...] = ("text_encoder",),
         guidance_scale_range: list[float] | tuple[float, float] = (1.0, 4.0),
     ):
         super().__init__()
+        if (text_encoder_2 is None) != (tokenizer_2 is None):
+            raise ValueError("text_encoder_2 and tokenizer_2 must be given together")
+        available = TEXT_ENCODER_NAMES if text_encoder_2 is not None else TEXT_ENCODER_NAMES[:1]
+        for name, sources in (("token_sources", token_sources), ("pooled_sources", pooled_sources)):
+            if not sources or any(s not in available for s in sources):
+                raise ValueError(f"{name} must be a non-empty list of {list(available)}, got {list(sources)}")
         self.register_modules(
-            transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae
+            transformer=transformer,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            vae=vae,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
         )
         self.register_to_config(
             max_sequence_length=max_sequence_length,
             text_pooling=text_pooling,
+            max_sequence_length_2=max_sequence_length_2,
+            text_pooling_2=text_pooling_2,
+            token_sources=list(token_sources),
+            pooled_sources=list(pooled_sources),
             guidance_scale_range=[float(g) for g in guidance_scale_range],
         )
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor, do_normalize=True)
@@ -80,15 +106,34 @@ class DriftingPipeline(DiffusionPipeline):
 
         Returns TextEmbeddings(embeds [B*n, T, Dt], mask [B*n, T], pooled [B*n, Dp])."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        emb = encode_prompts(
-            self.text_encoder,
-            self.tokenizer,
-            prompts,
-            max_length=self.config.max_sequence_length,
-            pooling=self.config.text_pooling,
-            device=device or self._execution_device,
+        slots, token_sources, pooled_sources = self.text_slots()
+        emb = encode_text(
+            slots, prompts, token_sources, pooled_sources, device=device or self._execution_device
         )
         return self._repeat(emb, num_images_per_prompt)
+
+    def text_slots(self) -> tuple[list[TextEncoderSlot], list[int], list[int]]:
+        """The text encoders as slots, with the token and pooled sources as slot indices."""
+        slots = [
+            TextEncoderSlot(
+                self.text_encoder, self.tokenizer, self.config.max_sequence_length, self.config.text_pooling
+            )
+        ]
+        if getattr(self, "text_encoder_2", None) is not None:
+            slots.append(
+                TextEncoderSlot(
+                    self.text_encoder_2,
+                    self.tokenizer_2,
+                    self.config.max_sequence_length_2,
+                    self.config.text_pooling_2,
+                )
+            )
+        index = {name: i for i, name in enumerate(TEXT_ENCODER_NAMES)}
+        return (
+            slots,
+            [index[s] for s in self.config.token_sources],
+            [index[s] for s in self.config.pooled_sources],
+        )
 
     @staticmethod
     def _repeat(emb: TextEmbeddings, n: int) -> TextEmbeddings:

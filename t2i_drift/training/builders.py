@@ -6,7 +6,9 @@ import torch
 
 from t2i_drift.models.feature_encoders import EfficientNetLite0Features, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-from t2i_drift.training.config import Config
+from t2i_drift.pipelines.pipeline_drifting import TEXT_ENCODER_NAMES
+from t2i_drift.text.encoders import TextEncoderSlot, load_text_encoder
+from t2i_drift.training.config import Config, TextConfig
 
 
 def build_transformer(cfg: Config, text_embed_dim: int, pooled_embed_dim: int) -> DriftingTransformer2DModel:
@@ -23,6 +25,17 @@ def build_transformer(cfg: Config, text_embed_dim: int, pooled_embed_dim: int) -
         return DriftingTransformer2DModel.from_preset(cfg.model.preset, **args)
     except TypeError as err:
         raise ValueError(f"model.overrides: {err}") from None
+
+
+def load_text_slots(text: TextConfig) -> tuple[list[TextEncoderSlot], list[int], list[int]]:
+    """The configured text encoders (frozen) and the token / pooled sources as slot indices."""
+    tokenizer, model = load_text_encoder(text.encoder, subfolder=text.subfolder)
+    slots = [TextEncoderSlot(model, tokenizer, text.max_length, text.pooling)]
+    if text.encoder_2 is not None:
+        tokenizer_2, model_2 = load_text_encoder(text.encoder_2, subfolder=text.subfolder_2)
+        slots.append(TextEncoderSlot(model_2, tokenizer_2, text.max_length_2, text.pooling_2))
+    index = {name: i for i, name in enumerate(TEXT_ENCODER_NAMES)}
+    return slots, [index[s] for s in text.token_sources], [index[s] for s in text.pooled_sources]
 
 
 def build_feature_encoder(cfg: Config) -> MultiFeatureEncoder:

@@ -41,12 +41,31 @@ class ModelConfig:
     """Any other ``DriftingTransformer2DModel`` config argument, e.g. {num_layers: 8}."""
 
 
+TextEncoderName = Literal["text_encoder", "text_encoder_2"]
+PoolingName = Literal["auto", "mean", "cls", "pooler"]
+
+
 @dataclass
 class TextConfig:
     encoder: str = "minilm"
-    """``minilm`` (offline, built in) or a hub id / local folder of a transformers text encoder."""
+    """``minilm`` (offline, built in) or a hub id / local folder of a transformers text encoder
+    (BERT-like, CLIP, CLIP with projection, T5): the pipeline's ``text_encoder``."""
+    subfolder: str | None = None
+    """The encoder's folder inside a pipeline repository, e.g. ``text_encoder``."""
     max_length: int = 32
-    pooling: Literal["mean", "cls", "pooler"] = "mean"
+    pooling: PoolingName = "auto"
+    """``auto``: CLIP's pooled output for CLIP, the L2-normalized masked mean otherwise."""
+    encoder_2: str | None = None
+    """An optional second encoder (``text_encoder_2``), e.g. CLIP next to a T5."""
+    subfolder_2: str | None = None
+    max_length_2: int = 77
+    pooling_2: PoolingName = "auto"
+    token_sources: list[TextEncoderName] = field(default_factory=lambda: ["text_encoder"])
+    """Encoders whose token embeddings condition the generator (concatenated along the sequence)."""
+    pooled_sources: list[TextEncoderName] = field(default_factory=lambda: ["text_encoder"])
+    """Encoders whose pooled embeddings enter the adaLN vector (concatenated along channels)."""
+    cache_dir: str | None = "auto"
+    """On-disk embedding cache: ``auto`` = $HF_HOME/t2i_drift/text_embeddings; null disables it."""
 
 
 @dataclass
@@ -284,6 +303,18 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "must be positive or null",
         ),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        (
+            "text.token_sources",
+            cfg.text.encoder_2 is not None or "text_encoder_2" not in cfg.text.token_sources,
+            "names text_encoder_2 but text.encoder_2 is not set",
+        ),
+        (
+            "text.pooled_sources",
+            cfg.text.encoder_2 is not None or "text_encoder_2" not in cfg.text.pooled_sources,
+            "names text_encoder_2 but text.encoder_2 is not set",
+        ),
+        ("text.token_sources", len(cfg.text.token_sources) > 0, "must name at least one encoder"),
+        ("text.pooled_sources", len(cfg.text.pooled_sources) > 0, "must name at least one encoder"),
     ]
     for key, ok, message in checks:
         if not ok:

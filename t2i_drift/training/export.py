@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from t2i_drift.hub import render_model_card
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
-from t2i_drift.text.encoders import load_text_encoder
+from t2i_drift.text.encoders import TextEncoderSlot
+from t2i_drift.training.builders import load_text_slots
 from t2i_drift.training.config import Config, config_from_dict, save_config
 
 SAMPLE_GRID_NAME = "samples.png"
@@ -27,15 +28,22 @@ _VARIANT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_pipeline(
-    cfg: Config, transformer: DriftingTransformer2DModel, text_encoder, tokenizer
+    cfg: Config, transformer: DriftingTransformer2DModel, slots: list[TextEncoderSlot]
 ) -> DriftingPipeline:
-    """The inference pipeline for a generator trained with ``cfg``."""
+    """The inference pipeline for a generator trained with ``cfg`` and the text encoders ``slots``."""
+    second = slots[1] if len(slots) > 1 else None
     return DriftingPipeline(
         transformer=transformer,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        text_encoder=slots[0].model,
+        tokenizer=slots[0].tokenizer,
+        text_encoder_2=None if second is None else second.model,
+        tokenizer_2=None if second is None else second.tokenizer,
         max_sequence_length=cfg.text.max_length,
         text_pooling=cfg.text.pooling,
+        max_sequence_length_2=cfg.text.max_length_2,
+        text_pooling_2=cfg.text.pooling_2,
+        token_sources=cfg.text.token_sources,
+        pooled_sources=cfg.text.pooled_sources,
         guidance_scale_range=(1.0, cfg.drift.alpha_max),
     )
 
@@ -55,8 +63,7 @@ def sample_grid(pipe: DriftingPipeline, cfg: Config, seed: int):
 def export_pipeline(
     cfg: Config,
     transformer: DriftingTransformer2DModel,
-    text_encoder,
-    tokenizer,
+    slots: list[TextEncoderSlot],
     out_dir: str | Path,
     *,
     steps: int,
@@ -76,7 +83,7 @@ def export_pipeline(
         raise ValueError(f"variant must be one of {sorted(_VARIANT_DTYPES)} or None, got {variant!r}")
     out_dir = Path(out_dir)
     transformer.eval()
-    pipe = make_pipeline(cfg, transformer, text_encoder, tokenizer)
+    pipe = make_pipeline(cfg, transformer, slots)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(out_dir)
     if variant is not None:
@@ -138,12 +145,11 @@ def export_checkpoint(
     model = load_checkpoint_generator(checkpoint, use_ema=use_ema)
     meta = json.loads((checkpoint / "trainer_state.json").read_text())
     cfg = config_from_dict(meta["config"], source=f"{checkpoint}/trainer_state.json")
-    tokenizer, text_encoder = load_text_encoder(cfg.text.encoder)
+    slots, _, _ = load_text_slots(cfg.text)
     return export_pipeline(
         cfg,
         model,
-        text_encoder,
-        tokenizer,
+        slots,
         out_dir,
         steps=int(meta["step"]),
         variant=variant,

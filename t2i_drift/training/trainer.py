@@ -36,12 +36,14 @@ from t2i_drift.data.splits import caption_hash
 from t2i_drift.drifting.guidance import sample_alpha
 from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-from t2i_drift.text.encoders import encode_in_batches, load_text_encoder
+from t2i_drift.text.cache import TextEmbeddingCache, default_cache_dir
+from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_in_batches
 from t2i_drift.training.builders import (
     build_feature_encoder,
     build_optimizer,
     build_transformer,
     feature_key_weights,
+    load_text_slots,
 )
 from t2i_drift.training.checkpoint import (
     CHECKPOINT_PREFIX,
@@ -74,6 +76,30 @@ def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset:
     )
 
 
+def encode_captions(
+    cfg: Config,
+    slots: list[TextEncoderSlot],
+    token_sources: list[int],
+    pooled_sources: list[int],
+    captions: list[str],
+    main: bool,
+    accelerator: Accelerator,
+) -> TextEmbeddings:
+    """Every caption's embeddings, through the on-disk cache when ``text.cache_dir`` is set.
+
+    The main process fills the cache first; the others then only read it.
+    """
+    if cfg.text.cache_dir is None:
+        return encode_in_batches(slots, captions, token_sources, pooled_sources, progress=main)
+    root = default_cache_dir() if cfg.text.cache_dir == "auto" else Path(cfg.text.cache_dir)
+    cache = TextEmbeddingCache(root, slots, token_sources, pooled_sources)
+    with accelerator.main_process_first():
+        emb, encoded = cache.get(captions, progress=main)
+    if main:
+        accelerator.print(f"text embeddings: {encoded} new captions encoded, the rest read from {cache.dir}")
+    return emb
+
+
 def train(cfg: Config) -> Path:
     """Run training as configured; returns the exported pipeline folder."""
     out_dir = Path(cfg.train.output_dir)
@@ -96,11 +122,11 @@ def train(cfg: Config) -> Path:
     dataset = build_dataset(cfg, "train")
     if len(dataset) < cfg.train.batch_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} training pairs")
-    tokenizer, text_encoder = load_text_encoder(cfg.text.encoder)
-    text_encoder.to(accelerator.device)
-    captions = encode_in_batches(
-        text_encoder, tokenizer, dataset.captions, cfg.text.max_length, cfg.text.pooling, progress=main
-    ).to(accelerator.device)
+    slots, token_sources, pooled_sources = load_text_slots(cfg.text)
+    for slot in slots:
+        slot.model.to(accelerator.device)
+    captions = encode_captions(cfg, slots, token_sources, pooled_sources, dataset.captions, main, accelerator)
+    captions = captions.to(accelerator.device)
     caption_ids = torch.tensor([caption_hash(c) for c in dataset.captions], device=accelerator.device)
     # The loop's own generator for noise, alpha and style draws: nothing else consumes it, so a
     # resumed run continues the exact stream (libraries may draw from the global RNG at any time).
@@ -117,7 +143,7 @@ def train(cfg: Config) -> Path:
     )
 
     # --- models ---
-    model = build_transformer(cfg, text_encoder.config.hidden_size, captions.pooled.shape[-1])
+    model = build_transformer(cfg, captions.embeds.shape[-1], captions.pooled.shape[-1])
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     features = build_feature_encoder(cfg).to(accelerator.device)
@@ -241,7 +267,7 @@ def train(cfg: Config) -> Path:
     if main:
         ema_model = DriftingTransformer2DModel.from_config(unwrapped.config)
         ema.copy_to(ema_model.parameters())
-        export_pipeline(cfg, ema_model, text_encoder, tokenizer, pipe_dir, steps=state.step)
+        export_pipeline(cfg, ema_model, slots, pipe_dir, steps=state.step)
         # The same grid, kept with the run's other sample grids.
         shutil.copyfile(pipe_dir / SAMPLE_GRID_NAME, out_dir / "samples" / f"step-{state.step}.png")
         summary = {

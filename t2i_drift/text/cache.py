@@ -1,0 +1,159 @@
+"""On-disk cache of text embeddings, so training and evaluation encode each caption once.
+
+Layout: ``<root>/<encoder key>/shard-<k>.safetensors``. Each shard holds ``embeds`` [n, T_k, Dt]
+(trimmed after the last token position any of its captions uses; zero-padded back on load), ``mask``
+[n, T_k], ``pooled`` [n, Dp] and, in its safetensors metadata, the sha256 of each caption in row
+order. The encoder key hashes everything that changes the output: every encoder's name, class and
+config, tokenizer, max length and pooling, and the token/pooled sources. A shard is written once
+(atomically: temp file, then rename) and never modified, so concurrent readers are safe; captions
+missing from the cache are encoded and written as a new shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_in_batches
+
+
+def default_cache_dir() -> Path:
+    """``$HF_HOME/t2i_drift/text_embeddings`` (HF_HOME defaults to ~/.cache/huggingface)."""
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(hf_home) / "t2i_drift" / "text_embeddings"
+
+
+def caption_key(caption: str) -> str:
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest()
+
+
+def encoder_key(
+    slots: Sequence[TextEncoderSlot], token_sources: Sequence[int], pooled_sources: Sequence[int]
+) -> str:
+    """A short hash of everything that determines the embeddings (module docstring)."""
+    desc = {
+        "encoders": [
+            {
+                "class": type(s.model).__name__,
+                "name": getattr(s.model.config, "_name_or_path", ""),
+                "config": json.loads(s.model.config.to_json_string(use_diff=False)),
+                "dtype": str(s.model.dtype),
+                "tokenizer": type(s.tokenizer).__name__,
+                "vocab": len(s.tokenizer),
+                "max_length": s.max_length,
+                "pooling": s.pooling,
+            }
+            for s in slots
+        ],
+        "token_sources": list(token_sources),
+        "pooled_sources": list(pooled_sources),
+    }
+    for enc in desc["encoders"]:  # paths differ between machines; the config identifies the model
+        enc["config"].pop("_name_or_path", None)
+        enc["config"].pop("transformers_version", None)
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TextEmbeddingCache:
+    """Embeddings of captions under one encoder key (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        slots: Sequence[TextEncoderSlot],
+        token_sources: Sequence[int] = (0,),
+        pooled_sources: Sequence[int] = (0,),
+    ) -> None:
+        self.slots = list(slots)
+        self.token_sources = list(token_sources)
+        self.pooled_sources = list(pooled_sources)
+        self.dir = Path(root) / encoder_key(self.slots, self.token_sources, self.pooled_sources)
+        self.max_length = sum(self.slots[s].max_length for s in self.token_sources)
+
+    def _shards(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+
+    def _index(self) -> dict[str, tuple[Path, int]]:
+        index: dict[str, tuple[Path, int]] = {}
+        for shard in self._shards():
+            with safe_open(str(shard), framework="pt") as f:
+                keys = json.loads(f.metadata()["captions"])
+            for row, key in enumerate(keys):
+                index.setdefault(key, (shard, row))
+        return index
+
+    def _write_shard(self, keys: list[str], emb: TextEmbeddings) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # Trim after the last position any caption uses (with several token sources the second
+        # encoder's tokens start at the first one's max length, so this is not the longest count).
+        used = emb.mask.bool().any(0).nonzero()
+        length = int(used.max()) + 1 if len(used) else 1
+        tensors = {
+            "embeds": emb.embeds[:, :length].contiguous().cpu(),
+            "mask": emb.mask[:, :length].contiguous().cpu(),
+            "pooled": emb.pooled.contiguous().cpu(),
+        }
+        shards = self._shards()
+        number = int(shards[-1].stem.split("-")[1]) + 1 if shards else 0
+        final = self.dir / f"shard-{number}.safetensors"
+        tmp = final.with_suffix(f".tmp{os.getpid()}")
+        save_file(tensors, str(tmp), metadata={"captions": json.dumps(keys)})
+        os.replace(tmp, final)
+
+    def get(
+        self, captions: Sequence[str], batch_size: int = 256, progress: bool = True
+    ) -> tuple[TextEmbeddings, int]:
+        """Embeddings of ``captions`` in order, encoding (and caching) only the missing ones.
+
+        Returns:
+            the embeddings (on CPU) and how many distinct captions had to be encoded.
+        """
+        captions = list(captions)
+        keys = [caption_key(c) for c in captions]
+        index = self._index()
+        missing: dict[str, str] = {}
+        for key, caption in zip(keys, captions, strict=True):
+            if key not in index:
+                missing.setdefault(key, caption)
+        if missing:
+            fresh = encode_in_batches(
+                self.slots,
+                list(missing.values()),
+                self.token_sources,
+                self.pooled_sources,
+                batch_size=batch_size,
+                progress=progress,
+            )
+            self._write_shard(list(missing), fresh)
+            index = self._index()
+        rows: dict[Path, list[tuple[int, int]]] = {}
+        for out_row, key in enumerate(keys):
+            shard, row = index[key]
+            rows.setdefault(shard, []).append((out_row, row))
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"embeds": [], "mask": [], "pooled": []}
+        for shard, pairs in rows.items():
+            out_idx = torch.tensor([o for o, _ in pairs])
+            src_idx = torch.tensor([r for _, r in pairs])
+            with safe_open(str(shard), framework="pt") as f:
+                for name in parts:
+                    tensor = f.get_tensor(name)[src_idx]
+                    if name != "pooled":  # back to the full length
+                        pad = self.max_length - tensor.shape[1]
+                        tensor = F.pad(tensor, (0, 0, 0, pad) if name == "embeds" else (0, pad))
+                    parts[name].append((out_idx, tensor))
+        out = {}
+        for name, pieces in parts.items():
+            first = pieces[0][1]
+            full = torch.empty((len(keys), *first.shape[1:]), dtype=first.dtype)
+            for out_idx, tensor in pieces:
+                full[out_idx] = tensor
+            out[name] = full
+        return TextEmbeddings(out["embeds"], out["mask"], out["pooled"]), len(missing)
