@@ -7,6 +7,8 @@ Prints (and writes) JSON with
     fd_gen_train:        N generated images (one per training caption, seed-fixed) vs the same N real images
     fd_real_train_val:   the N real training images vs all validation images (the floor: two real sets)
     fd_gen_val:          generated images for the validation captions vs the validation images
+    retrieval_top1/5:    paired retrieval accuracy of the generated training images among the N real
+                         ones (prompt adherence; chance = k/N; t2i_drift/eval/retrieval.py)
 FD-EffNetLite0 is a Frechet distance in EfficientNet-Lite0 features, not FID (see t2i_drift/eval/frechet.py).
 """
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from t2i_drift import DriftingPipeline
 from t2i_drift.data import OpenMojiDataset
-from t2i_drift.eval import EffNetLite0Embedder, frechet_distance
+from t2i_drift.eval import EffNetLite0Embedder, frechet_distance, paired_retrieval_accuracy
 
 
 def generate(
@@ -84,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         "fd_gen_val": frechet_distance(f_gen_val, f_real_val),
         "generation_images_per_s": (len(idx) + len(val)) / gen_s,
     }
+    retrieval = paired_retrieval_accuracy(f_gen_train, f_real_train, ks=(1, 5))
+    result.update({f"retrieval_top{k}": acc for k, acc in retrieval.items()})
+    result["retrieval_chance_top1"] = 1 / len(idx)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

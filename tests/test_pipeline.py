@@ -104,3 +104,20 @@ def test_save_load_in_fresh_process_gives_identical_images(pipe, tmp_path):
         print("IDENTICAL", type(pipe).__name__, pipe.config.max_sequence_length)
     """)
     assert "IDENTICAL DriftingPipeline 16" in out
+
+
+def test_bench_inference_script_prints_a_row_per_preset():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "scripts" / "bench_inference.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--presets", "tiny", "--repeats", "1", "--sample-size", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| tiny |")]
+    assert len(row) == 1 and row[0].endswith("x |")

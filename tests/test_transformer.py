@@ -38,15 +38,17 @@ def _perturb(model):
     return model
 
 
-def test_output_shape_and_zero_init():
-    model = _model()
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_output_shape_and_zero_init(text_attention):
+    model = _model(text_attention=text_attention)
     out = model(**_inputs()).sample
     assert out.shape == (3, 3, 16, 16)
     assert torch.count_nonzero(out) == 0  # adaLN-zero: the final projection starts at zero
 
 
-def test_every_condition_changes_the_output():
-    model = _perturb(_model()).eval()
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_every_condition_changes_the_output(text_attention):
+    model = _perturb(_model(text_attention=text_attention)).eval()
     base = _inputs()
     ref = model(**base).sample
     for key, new in [
@@ -59,8 +61,9 @@ def test_every_condition_changes_the_output():
         assert not torch.allclose(model(**{**base, key: new}).sample, ref), key
 
 
-def test_masked_tokens_are_ignored():
-    model = _perturb(_model()).eval()
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_masked_tokens_are_ignored(text_attention):
+    model = _perturb(_model(text_attention=text_attention)).eval()
     base = _inputs()
     changed = base["encoder_hidden_states"].clone()
     changed[:, 3:] = 99.0  # masked positions
@@ -69,8 +72,9 @@ def test_masked_tokens_are_ignored():
     )
 
 
-def test_gradient_checkpointing_gives_identical_gradients():
-    model = _perturb(_model())
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_gradient_checkpointing_gives_identical_gradients(text_attention):
+    model = _perturb(_model(text_attention=text_attention))
     inputs = _inputs()
     model(**inputs).sample.square().mean().backward()
     ref = [p.grad.clone() for p in model.parameters()]
@@ -81,12 +85,14 @@ def test_gradient_checkpointing_gives_identical_gradients():
         torch.testing.assert_close(p.grad, a)
 
 
-def test_save_load_roundtrip_is_safetensors(tmp_path):
-    model = _perturb(_model()).eval()
+@pytest.mark.parametrize("text_attention", ["cross", "joint"])
+def test_save_load_roundtrip_is_safetensors(text_attention, tmp_path):
+    model = _perturb(_model(text_attention=text_attention)).eval()
     model.save_pretrained(tmp_path)
     assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
     assert (tmp_path / "config.json").is_file()
     loaded = DriftingTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.text_attention == text_attention
     inputs = _inputs()
     torch.testing.assert_close(loaded(**inputs).sample, model(**inputs).sample, rtol=0, atol=0)
 
@@ -96,6 +102,8 @@ def test_bad_sizes_raise():
         DriftingTransformer2DModel(sample_size=10, patch_size=4)
     with pytest.raises(ValueError, match="preset"):
         DriftingTransformer2DModel.from_preset("XXL")
+    with pytest.raises(ValueError, match="text_attention"):
+        DriftingTransformer2DModel(text_attention="both")
     model = _model()
     with pytest.raises(ValueError, match="divisible by patch_size"):
         model(**{**_inputs(), "hidden_states": torch.randn(3, 3, 18, 18)})

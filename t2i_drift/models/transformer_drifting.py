@@ -1,7 +1,8 @@
 """DriftingTransformer2DModel: the one-step generator (METHOD.md sections 6 and 7).
 
 A DiT that maps noise of the output's shape to a sample in one forward pass, conditioned on
-    - text: per-token embeddings through cross-attention, plus a pooled embedding in the adaLN vector;
+    - text: per-token embeddings through cross-attention (or joint attention, ``text_attention``),
+      plus a pooled embedding in the adaLN vector;
     - guidance alpha: embedded like a diffusion timestep (alpha is trained, section 5);
     - style: ``num_style_codebooks`` random indices, each picking 1 of ``style_codebook_size``
       learned embeddings, summed into the adaLN vector (paper: FID 8.86 -> 8.46).
@@ -132,36 +133,53 @@ class SwiGLU(nn.Module):
 
 
 class DriftingTransformerBlock(nn.Module):
-    """Self-attention, cross-attention to text, SwiGLU; each branch adaLN-zero modulated and gated."""
+    """Self-attention, cross-attention to text (``cross_attention``), SwiGLU; each branch
+    adaLN-zero modulated and gated. Without cross-attention the text tokens are part of ``x``
+    (joint attention) and reach the image tokens through the self-attention."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, cross_attention: bool = True):
         super().__init__()
+        self.cross_attention = cross_attention
         self.norm1 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
         self.attn = Attention(dim, num_heads, eps=eps)
-        self.norm2 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
-        self.cross_attn = Attention(dim, num_heads, context_dim=dim, eps=eps)
+        if cross_attention:
+            self.norm2 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
+            self.cross_attn = Attention(dim, num_heads, context_dim=dim, eps=eps)
         self.norm3 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
         self.mlp = SwiGLU(dim, mlp_ratio)
-        # shift, scale, gate for each of the three branches; zero-init -> every block starts as identity.
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
+        # shift, scale, gate for each branch; zero-init -> every block starts as identity.
+        branches = 3 if cross_attention else 2
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * branches * dim))
 
     def forward(
         self,
         x: torch.Tensor,
         cond: torch.Tensor,
-        context: torch.Tensor,
+        context: torch.Tensor | None,
         context_mask: torch.Tensor | None,
         rope: torch.Tensor,
-        num_registers: int,
+        rope_offset: int,
     ) -> torch.Tensor:
-        """x [N, R+P, D], cond [N, D], context [N, T, D], context_mask [N, T] -> [N, R+P, D]."""
-        sa_shift, sa_scale, sa_gate, ca_shift, ca_scale, ca_gate, mlp_shift, mlp_scale, mlp_gate = (
-            self.adaLN_modulation(cond).chunk(9, dim=-1)
-        )
+        """x [N, S, D], cond [N, D] -> [N, S, D].
+
+        Cross-attention: S = R+P, context [N, T, D] and context_mask [N, T] feed the cross branch.
+        Joint attention: S = R+T+P, context is None and context_mask [N, S] masks padded text keys.
+        RoPE rotates the tokens after the first ``rope_offset`` (the patches).
+        """
+        if self.cross_attention:
+            sa_shift, sa_scale, sa_gate, ca_shift, ca_scale, ca_gate, mlp_shift, mlp_scale, mlp_gate = (
+                self.adaLN_modulation(cond).chunk(9, dim=-1)
+            )
+        else:
+            sa_shift, sa_scale, sa_gate, mlp_shift, mlp_scale, mlp_gate = self.adaLN_modulation(cond).chunk(
+                6, dim=-1
+            )
         h = modulate(self.norm1(x), sa_shift, sa_scale)
-        x = x + sa_gate.unsqueeze(1) * self.attn(h, rope=rope, rope_offset=num_registers)
-        h = modulate(self.norm2(x), ca_shift, ca_scale)
-        x = x + ca_gate.unsqueeze(1) * self.cross_attn(h, context=context, mask=context_mask)
+        self_mask = None if self.cross_attention else context_mask
+        x = x + sa_gate.unsqueeze(1) * self.attn(h, mask=self_mask, rope=rope, rope_offset=rope_offset)
+        if self.cross_attention:
+            h = modulate(self.norm2(x), ca_shift, ca_scale)
+            x = x + ca_gate.unsqueeze(1) * self.cross_attn(h, context=context, mask=context_mask)
         h = modulate(self.norm3(x), mlp_shift, mlp_scale)
         return x + mlp_gate.unsqueeze(1) * self.mlp(h)
 
@@ -203,6 +221,10 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
             trained range [1, alpha_max] spans many periods (timesteps use a 0..1000 scale).
         rope_theta: RoPE base.
         norm_eps: RMSNorm epsilon.
+        text_attention: ``cross`` (PixArt-style: image tokens cross-attend to the text tokens in
+            every block) or ``joint`` (single-stream, FLUX single-block style: the projected text
+            tokens join the sequence between the registers and the patches, sharing the
+            self-attention and MLP weights). See the README for the measured comparison.
     """
 
     _supports_gradient_checkpointing = True
@@ -228,8 +250,11 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         guidance_embed_scale: float = 250.0,
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
+        text_attention: str = "cross",
     ):
         super().__init__()
+        if text_attention not in ("cross", "joint"):
+            raise ValueError(f"text_attention must be 'cross' or 'joint', got {text_attention!r}")
         if sample_size % patch_size != 0:
             raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
         self.out_channels = out_channels or in_channels
@@ -244,7 +269,12 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         self.guidance_embedder = TimestepEmbedding(guidance_embed_dim, D)
         self.style_embedding = nn.Embedding(num_style_codebooks * style_codebook_size, D)
         self.blocks = nn.ModuleList(
-            [DriftingTransformerBlock(D, num_attention_heads, mlp_ratio, norm_eps) for _ in range(num_layers)]
+            [
+                DriftingTransformerBlock(
+                    D, num_attention_heads, mlp_ratio, norm_eps, text_attention == "cross"
+                )
+                for _ in range(num_layers)
+            ]
         )
         self.final_layer = FinalLayer(D, patch_size, self.out_channels, norm_eps)
         self.gradient_checkpointing = False
@@ -342,7 +372,18 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         x = self.patch_embed(hidden_states.to(self.dtype))  # [N, D, H/p, W/p]
         x = x.flatten(2).transpose(1, 2)  # [N, P, D]
         R = self.config.num_register_tokens
-        x = torch.cat([self.registers.expand(N, -1, -1), x], dim=1)  # [N, R+P, D]
+        if self.config.text_attention == "joint":
+            # [registers | text | patches]; padded text keys are masked, registers and patches never.
+            T = context.shape[1]
+            x = torch.cat([self.registers.expand(N, -1, -1), context, x], dim=1)  # [N, R+T+P, D]
+            if mask is not None:
+                keep = torch.ones(N, x.shape[1], dtype=torch.bool, device=device)
+                keep[:, R : R + T] = mask
+                mask = keep  # [N, R+T+P]
+            context, offset = None, R + T
+        else:
+            x = torch.cat([self.registers.expand(N, -1, -1), x], dim=1)  # [N, R+P, D]
+            offset = R
         rope = rope_2d(
             H // p,
             W // p,
@@ -353,11 +394,11 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
 
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, cond, context, mask, rope, R)
+                x = self._gradient_checkpointing_func(block, x, cond, context, mask, rope, offset)
             else:
-                x = block(x, cond, context, mask, rope, R)  # [N, R+P, D]
+                x = block(x, cond, context, mask, rope, offset)  # [N, offset+P, D]
 
-        x = self.final_layer(x[:, R:], cond)  # [N, P, p*p*C_out]
+        x = self.final_layer(x[:, offset:], cond)  # [N, P, p*p*C_out]
         x = x.view(N, H // p, W // p, p, p, self.out_channels)
         sample = x.permute(0, 5, 1, 3, 2, 4).reshape(N, self.out_channels, H, W)  # [N, C_out, H, W]
         if not return_dict:
