@@ -301,3 +301,19 @@ def test_export_checkpoint_ema_raw_and_bf16_variant(run_dir, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "not a checkpoint folder" in bad.stderr
+
+
+def test_model_card_usage_snippets_run(run_dir):
+    """Every python block of the exported card runs as written (in a fresh process)."""
+    import re
+
+    card = (run_dir / PIPELINE_SUBDIR / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert len(blocks) == 2 and 'from_pretrained("' in blocks[0]
+    # the second snippet uses the hub layout: run it on a hub-layout copy of the folder
+    from t2i_drift.hub import write_hub_layout
+
+    hub = run_dir / "hub_layout_for_card"
+    write_hub_layout(run_dir / PIPELINE_SUBDIR, hub)
+    run_python(blocks[0] + "\nassert len(images) == 4\n")
+    run_python(blocks[1].replace(str(run_dir / PIPELINE_SUBDIR), str(hub)) + "\nprint(type(pipe).__name__)\n")
