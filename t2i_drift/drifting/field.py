@@ -164,7 +164,13 @@ def _prepare(name: str, groups: DriftGroups) -> _Key:
                 )
             if neg.dim() != 3 or neg.shape[2] != D:
                 raise ValueError(f"{where}neg must be a bank [M, m, D] with D={D}, got {tuple(neg.shape)}")
-            if G and (int(index.min()) < 0 or int(index.max()) >= neg.shape[0]):
+            # Range check on CPU only: on an accelerator it would sync the device every step, and
+            # an out-of-range gather fails there with a device-side assert anyway.
+            if (
+                G
+                and index.device.type == "cpu"
+                and (int(index.min()) < 0 or int(index.max()) >= neg.shape[0])
+            ):
                 raise ValueError(f"{where}neg_index has entries outside [0, {neg.shape[0]})")
             index = index.to(device=neg.device, dtype=torch.long)
         elif neg.dim() != 3 or neg.shape[0] != G or neg.shape[2] != D:
