@@ -22,14 +22,17 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: Literal["openmoji"] = "openmoji"
-    """Built-in dataset (HF datasets and webdataset sources arrive with the data issue)."""
+    name: Literal["openmoji", "shapes"] = "openmoji"
+    """Built-in dataset: ``openmoji`` (captioned emoji) or ``shapes`` (compositional, with a checker;
+    t2i_drift/data/shapes.py). HF datasets and webdataset sources arrive with the data issue."""
     resolution: int = 32
     val_fraction: float = 0.05
     """Share of captions held out (by caption hash) as the validation split."""
     max_samples: int | None = None
     """Keep only the first N training pairs (tests, quick runs)."""
     num_workers: int = 0
+    renders_per_scene: int = 4
+    """``shapes`` only: jittered renders of each scene (its 788 training scenes x this)."""
 
 
 @dataclass

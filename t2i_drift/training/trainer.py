@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.shapes import ShapesDataset
 from t2i_drift.data.splits import caption_hash
 from t2i_drift.drifting.guidance import sample_alpha
 from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
@@ -65,7 +66,16 @@ def peak_memory_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset:
+def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset | ShapesDataset:
+    """The configured built-in dataset (``split``: train, or its held-out part)."""
+    if cfg.data.name == "shapes":
+        return ShapesDataset(
+            split="train" if split == "train" else "heldout",
+            resolution=cfg.data.resolution,
+            renders_per_scene=cfg.data.renders_per_scene,
+            max_samples=cfg.data.max_samples if split == "train" else None,
+            seed=cfg.train.seed,
+        )
     if cfg.data.name != "openmoji":
         raise ValueError(f"data.name={cfg.data.name!r} is not a known dataset")
     return OpenMojiDataset(
