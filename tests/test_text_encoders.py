@@ -181,6 +181,10 @@ def test_embedding_cache_encodes_each_caption_once(folders, tmp_path):
     other = TextEmbeddingCache(tmp_path, [TextEncoderSlot(model, tokenizer, 8)])
     assert other.dir != cache.dir
     assert TextEmbeddingCache(tmp_path, [TextEncoderSlot(model, tokenizer, 16, "mean")]).dir != cache.dir
+    # same config, other weights (e.g. a retrained encoder saved at the same path): a new key
+    with torch.no_grad():
+        model.text_projection.weight.add_(0.01)
+    assert TextEmbeddingCache(tmp_path, slots).dir != cache.dir
 
 
 def test_training_with_two_encoders_exports_both(folders, tmp_path):

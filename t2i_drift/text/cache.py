@@ -3,8 +3,9 @@
 Layout: ``<root>/<encoder key>/shard-<k>.safetensors``. Each shard holds ``embeds`` [n, T_k, Dt]
 (trimmed after the last token position any of its captions uses; zero-padded back on load), ``mask``
 [n, T_k], ``pooled`` [n, Dp] and, in its safetensors metadata, the sha256 of each caption in row
-order. The encoder key hashes everything that changes the output: every encoder's name, class and
-config, tokenizer, max length and pooling, and the token/pooled sources. A shard is written once
+order. The encoder key hashes everything that changes the output: every encoder's class, config
+and a fingerprint of its weights, its tokenizer's vocabulary, max length and pooling, and the
+token/pooled sources. A shard is written once
 (atomically: temp file, then rename) and never modified, so concurrent readers are safe; captions
 missing from the cache are encoded and written as a new shard.
 """
@@ -35,30 +36,57 @@ def caption_key(caption: str) -> str:
     return hashlib.sha256(caption.encode("utf-8")).hexdigest()
 
 
+def _weights_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of every parameter's name, shape and L1 norm: a retrained or swapped encoder with the
+    same config gets a new key (one pass over the weights, once per cache)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            h.update(f"{name}:{tuple(p.shape)}:{float(p.float().abs().sum()):.6e};".encode())
+    return h.hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}:{vocab}".encode()).hexdigest()
+
+
+def _config_dict(model: torch.nn.Module) -> dict:
+    config = model.config
+    if hasattr(config, "to_json_string"):  # transformers
+        return json.loads(config.to_json_string(use_diff=False))
+    return json.loads(json.dumps(dict(config), default=str))  # diffusers FrozenDict
+
+
 def encoder_key(
     slots: Sequence[TextEncoderSlot], token_sources: Sequence[int], pooled_sources: Sequence[int]
 ) -> str:
-    """A short hash of everything that determines the embeddings (module docstring)."""
-    desc = {
-        "encoders": [
+    """A short hash of everything that determines the embeddings (module docstring).
+
+    Paths are left out on purpose (a model copied elsewhere keeps its key); the weights, config
+    and vocabulary identify it.
+    """
+    encoders = []
+    for s in slots:
+        config = _config_dict(s.model)
+        for volatile in ("_name_or_path", "transformers_version", "_diffusers_version"):
+            config.pop(volatile, None)
+        encoders.append(
             {
                 "class": type(s.model).__name__,
-                "name": getattr(s.model.config, "_name_or_path", ""),
-                "config": json.loads(s.model.config.to_json_string(use_diff=False)),
+                "config": config,
+                "weights": _weights_fingerprint(s.model),
                 "dtype": str(s.model.dtype),
-                "tokenizer": type(s.tokenizer).__name__,
-                "vocab": len(s.tokenizer),
+                "tokenizer": _tokenizer_fingerprint(s.tokenizer),
                 "max_length": s.max_length,
                 "pooling": s.pooling,
             }
-            for s in slots
-        ],
+        )
+    desc = {
+        "encoders": encoders,
         "token_sources": list(token_sources),
         "pooled_sources": list(pooled_sources),
     }
-    for enc in desc["encoders"]:  # paths differ between machines; the config identifies the model
-        enc["config"].pop("_name_or_path", None)
-        enc["config"].pop("transformers_version", None)
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
 
