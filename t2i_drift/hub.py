@@ -80,7 +80,7 @@ def render_model_card(
         pooling=text["pooling"],
         generator_params=f"{generator_params / 1e6:.2f}M",
         resolution=data["resolution"],
-        space="pixels",
+        space="pixels" if config["model"].get("vae") is None else f"VAE latents ({config['model']['vae']})",
         steps=steps,
         metrics=metrics or {},
         config_yaml=yaml.safe_dump(config, sort_keys=False).strip(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from diffusers import AutoencoderKL
 
 from t2i_drift.models.feature_encoders import EfficientNetLite0Features, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
@@ -11,12 +12,53 @@ from t2i_drift.text.encoders import TextEncoderSlot, load_text_encoder
 from t2i_drift.training.config import Config, TextConfig
 
 
-def build_transformer(cfg: Config, text_embed_dim: int, pooled_embed_dim: int) -> DriftingTransformer2DModel:
-    """The generator for pixel space at ``data.resolution``; ``model.overrides`` win over the preset."""
+def load_vae(cfg: Config) -> AutoencoderKL | None:
+    """The frozen VAE of ``model.vae`` (None: pixel space)."""
+    if cfg.model.vae is None:
+        return None
+    kwargs = {"subfolder": cfg.model.vae_subfolder} if cfg.model.vae_subfolder else {}
+    try:
+        vae = AutoencoderKL.from_pretrained(cfg.model.vae, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"model.vae={cfg.model.vae!r}: cannot load a diffusers AutoencoderKL: {err}"
+        ) from err
+    vae.requires_grad_(False)
+    return vae.eval()
+
+
+def vae_scale_factor(vae: AutoencoderKL) -> int:
+    """Pixels per latent cell (the same rule as the pipeline's)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 3, R, R] in [-1, 1] -> scaled latents [B, C, R/f, R/f]: (mode - shift) * scaling, the
+    inverse of the pipeline's decode (latents / scaling + shift). The mode keeps positives
+    deterministic."""
+    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).float()
+
+
+def build_transformer(
+    cfg: Config, text_embed_dim: int, pooled_embed_dim: int, vae: AutoencoderKL | None = None
+) -> DriftingTransformer2DModel:
+    """The generator at ``data.resolution`` (in pixels, or in ``vae`` latents); ``model.overrides``
+    win over the preset."""
+    sample_size, channels = cfg.data.resolution, 3
+    if vae is not None:
+        factor = vae_scale_factor(vae)
+        if cfg.data.resolution % factor:
+            raise ValueError(
+                f"data.resolution={cfg.data.resolution} is not divisible by the VAE factor {factor}"
+            )
+        sample_size, channels = cfg.data.resolution // factor, vae.config.latent_channels
     args = dict(
-        sample_size=cfg.data.resolution,
+        sample_size=sample_size,
         patch_size=cfg.model.patch_size,
-        in_channels=3,
+        in_channels=channels,
         text_embed_dim=text_embed_dim,
         pooled_embed_dim=pooled_embed_dim,
     )

@@ -42,6 +42,11 @@ class ModelConfig:
     patch_size: int = 4
     overrides: dict[str, Any] = field(default_factory=dict)
     """Any other ``DriftingTransformer2DModel`` config argument, e.g. {num_layers: 8}."""
+    vae: str | None = None
+    """A diffusers ``AutoencoderKL`` (hub id or local folder): the generator then works in its latent
+    space (scaling and shift factors from the VAE config) and the pipeline decodes."""
+    vae_subfolder: str | None = None
+    """The VAE's folder inside a pipeline repository, e.g. ``vae``."""
 
 
 TextEncoderName = Literal["text_encoder", "text_encoder_2"]
@@ -306,6 +311,11 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "must be positive or null",
         ),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        (
+            "features.effnet",
+            cfg.model.vae is None or not cfg.features.effnet,
+            "needs pixels; with model.vae set use the raw (latent) key only (features.effnet=false)",
+        ),
         (
             "text.token_sources",
             cfg.text.encoder_2 is not None or "text_encoder_2" not in cfg.text.token_sources,

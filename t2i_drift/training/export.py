@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.utils import make_image_grid
@@ -20,7 +21,7 @@ from t2i_drift.hub import render_model_card
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
 from t2i_drift.text.encoders import TextEncoderSlot
-from t2i_drift.training.builders import load_text_slots
+from t2i_drift.training.builders import load_text_slots, load_vae
 from t2i_drift.training.config import Config, config_from_dict, save_config
 
 SAMPLE_GRID_NAME = "samples.png"
@@ -28,12 +29,14 @@ _VARIANT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_pipeline(
-    cfg: Config, transformer: DriftingTransformer2DModel, slots: list[TextEncoderSlot]
+    cfg: Config, transformer: DriftingTransformer2DModel, slots: list[TextEncoderSlot], vae: Any = None
 ) -> DriftingPipeline:
-    """The inference pipeline for a generator trained with ``cfg`` and the text encoders ``slots``."""
+    """The inference pipeline for a generator trained with ``cfg`` and the text encoders ``slots``
+    (and ``vae`` for latent-space generators)."""
     second = slots[1] if len(slots) > 1 else None
     return DriftingPipeline(
         transformer=transformer,
+        vae=vae,
         text_encoder=slots[0].model,
         tokenizer=slots[0].tokenizer,
         text_encoder_2=None if second is None else second.model,
@@ -70,6 +73,7 @@ def export_pipeline(
     metrics: dict[str, float] | None = None,
     variant: str | None = None,
     repo_or_path: str | None = None,
+    vae: Any = None,
 ) -> DriftingPipeline:
     """Save a pipeline folder with model card, config and sample grid; returns the pipeline.
 
@@ -83,7 +87,7 @@ def export_pipeline(
         raise ValueError(f"variant must be one of {sorted(_VARIANT_DTYPES)} or None, got {variant!r}")
     out_dir = Path(out_dir)
     transformer.eval()
-    pipe = make_pipeline(cfg, transformer, slots)
+    pipe = make_pipeline(cfg, transformer, slots, vae)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(out_dir)
     if variant is not None:
@@ -151,6 +155,7 @@ def export_checkpoint(
         model,
         slots,
         out_dir,
+        vae=load_vae(cfg),
         steps=int(meta["step"]),
         variant=variant,
         repo_or_path=repo_or_path,

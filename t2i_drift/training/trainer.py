@@ -43,8 +43,10 @@ from t2i_drift.training.builders import (
     build_feature_encoder,
     build_optimizer,
     build_transformer,
+    encode_latents,
     feature_key_weights,
     load_text_slots,
+    load_vae,
 )
 from t2i_drift.training.checkpoint import (
     CHECKPOINT_PREFIX,
@@ -153,7 +155,10 @@ def train(cfg: Config) -> Path:
     )
 
     # --- models ---
-    model = build_transformer(cfg, captions.embeds.shape[-1], captions.pooled.shape[-1])
+    vae = load_vae(cfg)
+    if vae is not None:
+        vae.to(accelerator.device)
+    model = build_transformer(cfg, captions.embeds.shape[-1], captions.pooled.shape[-1], vae)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     features = build_feature_encoder(cfg).to(accelerator.device)
@@ -214,7 +219,17 @@ def train(cfg: Config) -> Path:
         )
         for batch in epoch_loader:
             stats = train_step(
-                model, unwrapped, features, batch, captions, caption_ids, cfg, accelerator, distributed, rng
+                model,
+                unwrapped,
+                features,
+                batch,
+                captions,
+                caption_ids,
+                cfg,
+                accelerator,
+                distributed,
+                rng,
+                vae,
             )
             if accelerator.sync_gradients:
                 if cfg.optim.max_grad_norm > 0:
@@ -277,7 +292,7 @@ def train(cfg: Config) -> Path:
     if main:
         ema_model = DriftingTransformer2DModel.from_config(unwrapped.config)
         ema.copy_to(ema_model.parameters())
-        export_pipeline(cfg, ema_model, slots, pipe_dir, steps=state.step)
+        export_pipeline(cfg, ema_model, slots, pipe_dir, steps=state.step, vae=vae)
         # The same grid, kept with the run's other sample grids.
         shutil.copyfile(pipe_dir / SAMPLE_GRID_NAME, out_dir / "samples" / f"step-{state.step}.png")
         summary = {
@@ -309,9 +324,12 @@ def train_step(
     accelerator: Accelerator,
     distributed: bool,
     rng: torch.Generator,
+    vae: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """One drifting step for B prompts with G samples each; returns logged scalars."""
     real = batch["pixel_values"]  # [B, 3, R, R] in [-1, 1]
+    if vae is not None:  # latent space: the positives and the generator's output are VAE latents
+        real = encode_latents(vae, real)  # [B, C, R/f, R/f]
     idx = batch["index"].to(captions.embeds.device)
     B, G = real.shape[0], cfg.drift.samples_per_prompt
     emb = captions.index(idx)
