@@ -1,7 +1,9 @@
 """The Accelerate training loop for text-to-image drifting (DESIGN.md "the path of one batch").
 
-    batch (image, caption) -> cached text embeddings -> per prompt: G noises, one alpha, style
-    -> generator forward [B*G, 3, R, R] -> frozen features (generated with grad, real without)
+    batch (image, caption) -> cached text embeddings (-> VAE latents of the images, model.vae)
+    -> per prompt: G noises, one alpha, style
+    -> generator forward [B*G, C, R, R] (pixels, or latents) -> frozen features (generated with
+       grad, real without)
     -> text_to_image_drift_loss -> backward, clip, AdamW, EMA -> log, checkpoint -> export
 
 Output folder layout (``train.output_dir``):
