@@ -22,9 +22,18 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: Literal["openmoji", "shapes"] = "openmoji"
-    """Built-in dataset: ``openmoji`` (captioned emoji) or ``shapes`` (compositional, with a checker;
-    t2i_drift/data/shapes.py). HF datasets and webdataset sources arrive with the data issue."""
+    name: Literal["openmoji", "shapes", "hf"] = "openmoji"
+    """``openmoji`` (built-in captioned emoji), ``shapes`` (built-in compositional set with a
+    checker; t2i_drift/data/shapes.py) or ``hf`` (``data.path`` through HF datasets)."""
+    path: str | None = None
+    """``hf`` only: a hub dataset name, a local imagefolder (images + metadata.jsonl/csv), or parquet /
+    arrow files (a glob works)."""
+    split: str = "train"
+    image_column: str = "image"
+    caption_columns: list[str] = field(default_factory=lambda: ["text"])
+    """One or several caption columns; with several, each row uses one picked at random (seeded)."""
+    min_size: int = 8
+    """``hf`` only: images whose shorter side is smaller are skipped (and reported)."""
     resolution: int = 32
     val_fraction: float = 0.05
     """Share of captions held out (by caption hash) as the validation split."""
@@ -311,6 +320,8 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "must be positive or null",
         ),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("data.path", cfg.data.name != "hf" or bool(cfg.data.path), "must be set when data.name is hf"),
+        ("data.caption_columns", len(cfg.data.caption_columns) > 0, "must name at least one column"),
         (
             "features.effnet",
             cfg.model.vae is None or not cfg.features.effnet,

@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from t2i_drift.data.hf import HFImageTextDataset
 from t2i_drift.data.openmoji import OpenMojiDataset
 from t2i_drift.data.shapes import ShapesDataset
 from t2i_drift.data.splits import caption_hash
@@ -70,8 +71,19 @@ def peak_memory_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset | ShapesDataset:
-    """The configured built-in dataset (``split``: train, or its held-out part)."""
+def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset | ShapesDataset | HFImageTextDataset:
+    """The configured dataset (``split``: train, or the built-in sets' held-out part)."""
+    if cfg.data.name == "hf":
+        return HFImageTextDataset(
+            cfg.data.path,
+            split=cfg.data.split,
+            image_column=cfg.data.image_column,
+            caption_columns=cfg.data.caption_columns,
+            resolution=cfg.data.resolution,
+            max_samples=cfg.data.max_samples,
+            min_size=cfg.data.min_size,
+            seed=cfg.train.seed,
+        )
     if cfg.data.name == "shapes":
         return ShapesDataset(
             split="train" if split == "train" else "heldout",
@@ -134,6 +146,8 @@ def train(cfg: Config) -> Path:
 
     # --- data and text conditioning (encoded once, frozen) ---
     dataset = build_dataset(cfg, "train")
+    if isinstance(dataset, HFImageTextDataset):
+        accelerator.print(f"data: {len(dataset)} pairs from {cfg.data.path}; {dataset.report()}")
     if len(dataset) < cfg.train.batch_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} training pairs")
     slots, token_sources, pooled_sources = load_text_slots(cfg.text)
