@@ -24,6 +24,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from t2i_drift.data.rendered import RenderedImageCaptionDataset
+
 _EXAMPLES_PER_REASON = 3
 
 
@@ -60,7 +62,7 @@ def to_rgb_square(image: Image.Image, resolution: int) -> np.ndarray:
     return np.asarray(ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS))
 
 
-class HFImageTextDataset(torch.utils.data.Dataset):
+class HFImageTextDataset(RenderedImageCaptionDataset):
     """Image-caption pairs from a ``datasets`` source (see the module docstring).
 
     Args:
@@ -146,13 +148,6 @@ class HFImageTextDataset(torch.utils.data.Dataset):
             for reason, n in self.skipped.items()
         ]
         return f"skipped {sum(self.skipped.values())} rows: " + ", ".join(parts)
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    def __getitem__(self, idx: int) -> dict:
-        pixels = self.images[idx].permute(2, 0, 1).float() / 127.5 - 1.0  # [3, R, R] in [-1, 1]
-        return {"pixel_values": pixels, "caption": self.captions[idx], "index": idx}
 
 
 def _open(value) -> Image.Image:

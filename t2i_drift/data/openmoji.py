@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch.utils.data import Dataset
 
+from t2i_drift.data.rendered import RenderedImageCaptionDataset
 from t2i_drift.data.splits import is_validation_caption
 
 OPENMOJI_ATTRIBUTION = (
@@ -83,7 +83,7 @@ def _composite(rgba: np.ndarray, resolution: int, background: tuple[int, int, in
     return np.asarray(image)
 
 
-class OpenMojiDataset(Dataset):
+class OpenMojiDataset(RenderedImageCaptionDataset):
     """(image, caption) pairs of the built-in OpenMoji set.
 
     Args:
@@ -122,10 +122,3 @@ class OpenMojiDataset(Dataset):
         images = [_composite(_render(it.char, font), resolution, (255, 255, 255)) for it in items]
         self.images = torch.from_numpy(np.stack(images))  # [N, R, R, 3] uint8
         self.captions = [it.caption for it in items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, idx: int) -> dict:
-        pixels = self.images[idx].permute(2, 0, 1).float() / 127.5 - 1.0  # [3, R, R] in [-1, 1]
-        return {"pixel_values": pixels, "caption": self.captions[idx], "index": idx}

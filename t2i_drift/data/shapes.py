@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from t2i_drift.data.rendered import RenderedImageCaptionDataset
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -272,7 +274,7 @@ def check_image(image: np.ndarray | torch.Tensor, scene: Scene) -> dict[str, boo
 # ----------------------------------------------------------------------------------------------
 #                                         Dataset
 # ----------------------------------------------------------------------------------------------
-class ShapesDataset(torch.utils.data.Dataset):
+class ShapesDataset(RenderedImageCaptionDataset):
     """Rendered shapes scenes.
 
     Args:
@@ -305,10 +307,3 @@ class ShapesDataset(torch.utils.data.Dataset):
             np.stack([render_scene(s, resolution, k) for s, k in zip(self.scenes, seeds, strict=True)])
         )
         self.captions = [s.caption for s in self.scenes]
-
-    def __len__(self) -> int:
-        return len(self.scenes)
-
-    def __getitem__(self, idx: int) -> dict:
-        pixels = self.images[idx].permute(2, 0, 1).float() / 127.5 - 1.0  # [3, R, R] in [-1, 1]
-        return {"pixel_values": pixels, "caption": self.captions[idx], "index": idx}

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from t2i_drift.data.hf import HFImageTextDataset
 from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.rendered import RenderedImageCaptionDataset
 from t2i_drift.data.shapes import ShapesDataset
 from t2i_drift.data.splits import caption_hash
 from t2i_drift.drifting.guidance import sample_alpha
@@ -71,7 +72,7 @@ def peak_memory_mb() -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def build_dataset(cfg: Config, split: str = "train") -> OpenMojiDataset | ShapesDataset | HFImageTextDataset:
+def build_dataset(cfg: Config, split: str = "train") -> RenderedImageCaptionDataset:
     """The configured dataset (``split``: train, or the built-in sets' held-out part)."""
     if cfg.data.name == "hf":
         return HFImageTextDataset(
