@@ -239,8 +239,9 @@ class _Bucket:
         self.total = self.offsets[-1]
         self.n_self = n if opts.gen_as_negatives else 0
         self.masked = any(k.valid is not None for k in keys)
-        self.seg = torch.repeat_interleave(
-            torch.arange(len(keys), device=device), torch.tensor(self.sizes, device=device)
+        # Key index of every group, built on the device (torch.full needs no host-to-device copy).
+        self.seg = torch.cat(
+            [torch.full((size,), k, device=device, dtype=torch.long) for k, size in enumerate(self.sizes)]
         )
         self.plan = plan_chunks(
             self.total, n, m, p, D, len(opts.temperatures), opts.memory_budget, opts.chunk_groups
@@ -341,7 +342,7 @@ class _Bucket:
                 per_group[3, start:stop] = dx.masked_fill(eye, 0.0).sum((1, 2))
             if cache:
                 dists[start] = dist
-        sizes = torch.tensor(self.sizes, device=dev, dtype=torch.float32)
+        sizes = torch.stack([torch.full((), float(size), device=dev) for size in self.sizes])  # [K]
         # Per-key sums of per-group sums: a fixed order, so chunking does not change the result.
         sums = torch.zeros(4, K, device=dev).index_add_(1, self.seg, per_group)
         counts = torch.stack([sizes * n, sizes * n * max(n - 1, 0)])  # nearest, spread

@@ -78,8 +78,11 @@ def drift_coefficients(
     """
     c, n, N = dist.shape
     T = len(temperatures)
-    taus = torch.tensor([float(tau) for tau in temperatures], device=dist.device, dtype=torch.float32)
-    logits = dist.unsqueeze(1) / (-taus).view(1, T, 1, 1)  # [c, T, n, N]
+    # One slice per temperature, divided by a Python float: no host-to-device copy of the taus
+    # (which would synchronize an accelerator on every call).
+    logits = dist.unsqueeze(1).expand(c, T, n, N).clone()  # [c, T, n, N]
+    for i, tau in enumerate(temperatures):
+        logits[:, i].div_(-float(tau))
     if valid is not None:
         logits.masked_fill_(~valid[:, None, None, :], MASKED_LOGIT)
     # Softmax over targets j times softmax over generated rows i; geometric mean, floored, then the
