@@ -29,6 +29,23 @@ def tiny_pipeline(sample_size: int = 16) -> DriftingPipeline:
     return pipe
 
 
+def tiny_vae(scaling_factor: float, shift_factor: float):
+    """A random 2-level AutoencoderKL (factor 2, 4 latent channels) with the given config factors."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    ).eval()
+
+
 def run_python(code: str, timeout: int = 300) -> str:
     """Run ``code`` in a fresh interpreter (offline env inherited); return stdout, raise on failure."""
     proc = subprocess.run(

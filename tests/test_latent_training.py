@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from helpers import tiny_vae
 
 from t2i_drift import DriftingPipeline
 from t2i_drift.training.builders import encode_latents
@@ -17,17 +18,7 @@ RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.7,
-        shift_factor=0.05,
-    )
+    vae = tiny_vae(scaling_factor=0.7, shift_factor=0.05)
     path = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(path)
     return path

@@ -126,23 +126,11 @@ def test_bench_inference_script_prints_a_row_per_preset():
 def test_latent_space_decodes_with_the_vae_config_factors(tmp_path):
     """A tiny random AutoencoderKL: noise has the latent shape, the output is VAE-decoded with
     vae.config.scaling_factor / shift_factor, size checks use the VAE factor, save/load keeps it."""
-    from diffusers import AutoencoderKL
+    from helpers import tiny_vae
 
     from t2i_drift import DriftingPipeline, DriftingTransformer2DModel
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-        scaling_factor=0.5,
-        shift_factor=0.1,
-    ).eval()
+    vae = tiny_vae(scaling_factor=0.5, shift_factor=0.1)
     base = tiny_pipeline()
     transformer = DriftingTransformer2DModel.from_preset(
         "tiny", sample_size=8, patch_size=2, in_channels=4, text_embed_dim=384, pooled_embed_dim=384
