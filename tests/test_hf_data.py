@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i_drift.data.hf import HFImageTextDataset, to_rgb_square
+from t2i_drift.data.hf import HFImageTextDataset
+from t2i_drift.data.images import to_rgb_square
 
 
 def _png(image: Image.Image) -> bytes:
@@ -56,9 +57,9 @@ def test_imagefolder_converts_good_rows_and_reports_bad_ones(imagefolder):
         ["a red apple", "a transparent square", "grey", "sixteen bits", "cmyk red"]
     )
     assert data.images.shape == (5, 16, 16, 3) and data.images.dtype == torch.uint8
-    assert data.skipped == {"undecodable image": 2, "smaller than 8px": 1, "missing or empty caption": 2}
+    assert data.skipped.counts == {"undecodable image": 2, "smaller than 8px": 1, "missing or empty caption": 2}
     report = data.report()
-    assert "skipped 5 rows" in report and "row" in report
+    assert "skipped 5" in report and "row" in report
     item = data[data.captions.index("a transparent square")]
     assert item["pixel_values"].shape == (3, 16, 16)
     assert torch.allclose(item["pixel_values"], torch.ones(3, 16, 16))  # alpha 0 -> white
@@ -96,7 +97,7 @@ def test_parquet_source_and_errors(tmp_path):
         resolution=8,
         progress=False,
     )
-    assert data.captions == list("abcd") and data.skipped == {}
+    assert data.captions == list("abcd") and data.skipped.total == 0
     with pytest.raises(ValueError, match=r"columns \['text'\] not found"):
         HFImageTextDataset(str(tmp_path / "part-0.parquet"), image_column="jpg", progress=False)
     with pytest.raises(ValueError, match="data.path"):

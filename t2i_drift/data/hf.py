@@ -1,35 +1,32 @@
 """Image-caption pairs from Hugging Face ``datasets``: a hub dataset, a local imagefolder with
-metadata, or parquet / arrow files.
+metadata, or parquet / arrow files; in memory (:class:`HFImageTextDataset`) or streamed
+(:class:`HFStreamingImageTextDataset`, ``data.streaming: true``).
 
-The rows are decoded once, converted to RGB at ``resolution`` (centre crop, Lanczos) and kept as a
-uint8 tensor, like the built-in sets, so the trainer can encode every caption up front. Bad rows
-never crash a run and never vanish silently: an undecodable or truncated image, a missing or empty
-caption, or an image smaller than ``min_size`` is skipped and counted per reason, with examples,
-in :attr:`HFImageTextDataset.skipped` (the trainer prints the report). Grayscale, palette, CMYK,
-16-bit and RGBA images are converted (alpha composited on white).
-
-Streaming sources and webdataset shards arrive with the rest of the data issue; they need the
-trainer to encode captions per batch instead of up front.
+In memory, the rows are decoded once, converted to RGB at ``resolution`` (centre crop, Lanczos) and
+kept as a uint8 tensor, like the built-in sets, so the trainer can encode every caption up front.
+Streamed, rows are decoded as they arrive and captions are encoded per batch (data/streaming.py).
+Either way bad rows never crash a run and never vanish silently: an undecodable or truncated image,
+a missing or empty caption, or an image smaller than ``min_size`` is skipped and counted per
+reason, with examples (data/images.py ``SkipLog``; the trainer prints the report). Grayscale,
+palette, CMYK, 16-bit and RGBA images are converted (alpha composited on white).
 """
 
 from __future__ import annotations
 
-import os
 import random
-from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from t2i_drift.data.images import SkipLog, decode_pixels
 from t2i_drift.data.rendered import RenderedImageCaptionDataset
+from t2i_drift.data.streaming import Record, StreamingImageTextDataset, distributed_rank_world
 
-_EXAMPLES_PER_REASON = 3
 
-
-def _load(source: str, split: str):
+def _load(source: str, split: str, streaming: bool = False):
     import datasets
 
     path = Path(source)
@@ -43,23 +40,32 @@ def _load(source: str, split: str):
     else:
         builder, kwargs = source, {}  # a hub dataset name
     try:
-        return datasets.load_dataset(builder, split=split, **kwargs)
+        return datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
         raise ValueError(f"data.path={source!r}: cannot load split {split!r} with datasets: {err}") from err
 
 
-def to_rgb_square(image: Image.Image, resolution: int) -> np.ndarray:
-    """Any PIL image -> [R, R, 3] uint8: RGB (alpha on white, 16-bit scaled), centre crop, resize."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(image, dtype=np.float32)
-        image = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "P", "PA"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    image = image.convert("RGB")
-    return np.asarray(ImageOps.fit(image, (resolution, resolution), Image.Resampling.LANCZOS))
+def _prepare_columns(data, source: str, image_column: str, columns: list[str]):
+    """Check the columns exist and switch image decoding off (rows are decoded here, per row, so
+    that one broken file is skipped instead of failing the whole read)."""
+    import datasets
+
+    names = data.column_names
+    if names is not None:  # a stream may not know its columns before the first row
+        missing = [c for c in [image_column, *columns] if c not in names]
+        if missing:
+            raise ValueError(
+                f"data.path={source!r}: columns {missing} not found; the dataset has {names} "
+                f"(set data.image_column / data.caption_columns)"
+            )
+    features = data.features
+    if features is not None and isinstance(features.get(image_column), datasets.Image):
+        data = data.cast_column(image_column, datasets.Image(decode=False))
+    return data
+
+
+def _row_texts(record: dict, columns: list[str]) -> list[str]:
+    return [t.strip() for c in columns if isinstance(t := record.get(c), str) and t.strip()]
 
 
 class HFImageTextDataset(RenderedImageCaptionDataset):
@@ -93,37 +99,20 @@ class HFImageTextDataset(RenderedImageCaptionDataset):
         progress: bool = True,
     ):
         columns = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
-        data = _load(source, split)
-        missing = [c for c in [image_column, *columns] if c not in data.column_names]
-        if missing:
-            raise ValueError(
-                f"data.path={source!r}: columns {missing} not found; the dataset has {data.column_names} "
-                f"(set data.image_column / data.caption_columns)"
-            )
-        import datasets
-
-        if isinstance(data.features[image_column], datasets.Image):
-            data = data.cast_column(image_column, datasets.Image(decode=False))  # decode here, per row
-        self.skipped: Counter[str] = Counter()
-        self.skipped_examples: dict[str, list[str]] = {}
+        data = _prepare_columns(_load(source, split), source, image_column, columns)
+        self.skipped = SkipLog()
         images, captions = [], []
-        rows = tqdm(range(len(data)), desc="read dataset", disable=not progress)
-        for row in rows:
+        for row in tqdm(range(len(data)), desc="read dataset", disable=not progress):
             if max_samples is not None and len(images) >= max_samples:
                 break
             record = data[row]
-            texts = [t.strip() for c in columns if isinstance(t := record[c], str) and t.strip()]
+            texts = _row_texts(record, columns)
             if not texts:
-                self._skip("missing or empty caption", f"row {row}")
+                self.skipped.add("missing or empty caption", f"row {row}")
                 continue
-            try:
-                image = _open(record[image_column])
-                if min(image.size) < min_size:
-                    self._skip(f"smaller than {min_size}px", f"row {row} ({image.size[0]}x{image.size[1]})")
-                    continue
-                pixels = to_rgb_square(image, resolution)
-            except (OSError, ValueError, SyntaxError) as err:  # PIL raises these for broken files
-                self._skip("undecodable image", f"row {row}: {type(err).__name__}: {err}")
+            pixels = decode_pixels(record[image_column], resolution, min_size)
+            if not isinstance(pixels, np.ndarray):
+                self.skipped.add(pixels.reason, f"row {row} ({pixels.detail})")
                 continue
             images.append(pixels)
             captions.append(random.Random(seed * 1_000_003 + row).choice(texts))
@@ -133,41 +122,69 @@ class HFImageTextDataset(RenderedImageCaptionDataset):
         self.captions = captions
         self.resolution = resolution
 
-    def _skip(self, reason: str, example: str) -> None:
-        self.skipped[reason] += 1
-        examples = self.skipped_examples.setdefault(reason, [])
-        if len(examples) < _EXAMPLES_PER_REASON:
-            examples.append(example)
-
     def report(self) -> str:
         """One line: how many rows were skipped, why, with examples."""
-        if not self.skipped:
-            return "no rows skipped"
-        parts = [
-            f"{n} {reason} (e.g. {'; '.join(self.skipped_examples[reason])})"
-            for reason, n in self.skipped.items()
-        ]
-        return f"skipped {sum(self.skipped.values())} rows: " + ", ".join(parts)
+        return self.skipped.report()
 
 
-def _open(value) -> Image.Image:
-    """A row's image: a ``datasets.Image`` dict (bytes or path), raw bytes, a path, or a PIL image."""
-    import io
+class HFStreamingImageTextDataset(StreamingImageTextDataset):
+    """A ``datasets`` source read as a stream (``load_dataset(..., streaming=True)``): nothing is
+    downloaded or decoded up front, so it scales to datasets that do not fit on disk or in memory.
 
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, dict):
-        if value.get("bytes") is not None:
-            image = Image.open(io.BytesIO(value["bytes"]))
-        elif value.get("path"):
-            image = Image.open(os.fspath(value["path"]))
-        else:
-            raise ValueError("image field has neither bytes nor path")
-    elif isinstance(value, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
-        image = Image.open(value)
-    else:
-        raise ValueError(f"unsupported image value of type {type(value).__name__}")
-    image.load()  # decode fully now: truncated files fail here, not in the training loop
-    return image
+    Each process reads its own share (``datasets.distributed.split_dataset_by_node``) and each
+    DataLoader worker its share of that (``datasets`` assigns shards to workers); rows are
+    shuffled in a buffer of ``shuffle_buffer`` rows, reseeded every epoch. Batches as described in
+    data/streaming.py.
+
+    Args:
+        source, split, image_column, caption_columns: as for :class:`HFImageTextDataset`.
+        batch_size, resolution, min_size, seed: see :class:`StreamingImageTextDataset`.
+        shuffle_buffer: rows in the shuffle buffer (0: stream order).
+        max_samples: stop after this many rows per process and epoch.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        batch_size: int,
+        split: str = "train",
+        image_column: str = "image",
+        caption_columns: str | list[str] = "text",
+        resolution: int = 32,
+        min_size: int = 8,
+        seed: int = 0,
+        shuffle_buffer: int = 1000,
+        max_samples: int | None = None,
+    ):
+        super().__init__(batch_size, resolution, min_size, seed)
+        self.source = source
+        self.image_column = image_column
+        self.columns = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
+        self.shuffle_buffer = shuffle_buffer
+        self.max_samples = max_samples
+        # Opened here so that a wrong path or column fails at startup, naming the key.
+        self.data = _prepare_columns(_load(source, split, streaming=True), source, image_column, self.columns)
+
+    def records(self, log: SkipLog) -> Iterator[Record]:
+        from datasets.distributed import split_dataset_by_node
+
+        data = self.data
+        rank, world = distributed_rank_world()
+        if world > 1:
+            data = split_dataset_by_node(data, rank=rank, world_size=world)
+        if self.shuffle_buffer > 0:
+            data = data.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
+        data.set_epoch(self.epoch)
+        for n, row in enumerate(data):
+            if self.max_samples is not None and n >= self.max_samples:
+                break
+            if self.image_column not in row:
+                raise ValueError(
+                    f"data.path={self.source!r}: column {self.image_column!r} not found; rows have "
+                    f"{sorted(row)} (set data.image_column)"
+                )
+            yield Record(
+                key=f"{self.source}[{rank}:{n}]",
+                image=row[self.image_column],
+                texts=_row_texts(row, self.columns),
+            )

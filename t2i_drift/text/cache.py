@@ -36,7 +36,7 @@ def caption_key(caption: str) -> str:
     return hashlib.sha256(caption.encode("utf-8")).hexdigest()
 
 
-def _weights_fingerprint(model: torch.nn.Module) -> str:
+def weights_fingerprint(model: torch.nn.Module) -> str:
     """Hash of every parameter's name, shape and L1 norm: a retrained or swapped encoder with the
     same config gets a new key (one pass over the weights, once per cache)."""
     h = hashlib.sha256()
@@ -58,6 +58,15 @@ def _config_dict(model: torch.nn.Module) -> dict:
     return json.loads(json.dumps(dict(config), default=str))  # diffusers FrozenDict
 
 
+def config_fingerprint(model: torch.nn.Module) -> str:
+    """Hash of a transformers / diffusers model config, without the entries that change when the
+    same model is copied or loaded by another library version."""
+    config = _config_dict(model)
+    for volatile in ("_name_or_path", "transformers_version", "_diffusers_version"):
+        config.pop(volatile, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def encoder_key(
     slots: Sequence[TextEncoderSlot], token_sources: Sequence[int], pooled_sources: Sequence[int]
 ) -> str:
@@ -68,14 +77,11 @@ def encoder_key(
     """
     encoders = []
     for s in slots:
-        config = _config_dict(s.model)
-        for volatile in ("_name_or_path", "transformers_version", "_diffusers_version"):
-            config.pop(volatile, None)
         encoders.append(
             {
                 "class": type(s.model).__name__,
-                "config": config,
-                "weights": _weights_fingerprint(s.model),
+                "config": config_fingerprint(s.model),
+                "weights": weights_fingerprint(s.model),
                 "dtype": str(s.model.dtype),
                 "tokenizer": _tokenizer_fingerprint(s.tokenizer),
                 "max_length": s.max_length,

@@ -5,11 +5,81 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL
 
+from t2i_drift.data.hf import HFImageTextDataset, HFStreamingImageTextDataset
+from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.rendered import RenderedImageCaptionDataset
+from t2i_drift.data.shapes import ShapesDataset
+from t2i_drift.data.streaming import StreamingImageTextDataset
+from t2i_drift.data.webdataset import WebDatasetImageText
 from t2i_drift.models.feature_encoders import EfficientNetLite0Features, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.pipeline_drifting import TEXT_ENCODER_NAMES
 from t2i_drift.text.encoders import TextEncoderSlot, load_text_encoder
 from t2i_drift.training.config import Config, TextConfig
+
+
+def build_dataset(
+    cfg: Config, split: str = "train", batch_size: int | None = None
+) -> RenderedImageCaptionDataset | StreamingImageTextDataset:
+    """The configured dataset (``split``: train, or the built-in sets' held-out part).
+
+    In-memory sets yield items; streams (``webdataset``, ``hf`` with ``data.streaming``) yield
+    whole batches of ``batch_size`` (default ``train.batch_size``), see data/streaming.py.
+    """
+    d = cfg.data
+    batch_size = batch_size or cfg.train.batch_size
+    if d.name == "webdataset":
+        return WebDatasetImageText(
+            d.path,
+            batch_size=batch_size,
+            resolution=d.resolution,
+            image_keys=d.image_keys,
+            caption_keys=d.caption_keys,
+            resampled=d.resampled,
+            shuffle_buffer=d.shuffle_buffer,
+            min_size=d.min_size,
+            seed=cfg.train.seed,
+        )
+    if d.name == "hf" and d.streaming:
+        return HFStreamingImageTextDataset(
+            d.path,
+            batch_size=batch_size,
+            split=d.split,
+            image_column=d.image_column,
+            caption_columns=d.caption_columns,
+            resolution=d.resolution,
+            min_size=d.min_size,
+            seed=cfg.train.seed,
+            shuffle_buffer=d.shuffle_buffer,
+            max_samples=d.max_samples,
+        )
+    if d.name == "hf":
+        return HFImageTextDataset(
+            d.path,
+            split=d.split,
+            image_column=d.image_column,
+            caption_columns=d.caption_columns,
+            resolution=d.resolution,
+            max_samples=d.max_samples,
+            min_size=d.min_size,
+            seed=cfg.train.seed,
+        )
+    if d.name == "shapes":
+        return ShapesDataset(
+            split="train" if split == "train" else "heldout",
+            resolution=d.resolution,
+            renders_per_scene=d.renders_per_scene,
+            max_samples=d.max_samples if split == "train" else None,
+            seed=cfg.train.seed,
+        )
+    if d.name != "openmoji":
+        raise ValueError(f"data.name={d.name!r} is not a known dataset")
+    return OpenMojiDataset(
+        split=split,
+        resolution=d.resolution,
+        val_fraction=d.val_fraction,
+        max_samples=d.max_samples if split == "train" else None,
+    )
 
 
 def load_vae(cfg: Config) -> AutoencoderKL | None:

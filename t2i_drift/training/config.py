@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -22,23 +23,38 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: Literal["openmoji", "shapes", "hf"] = "openmoji"
+    name: Literal["openmoji", "shapes", "hf", "webdataset"] = "openmoji"
     """``openmoji`` (built-in captioned emoji), ``shapes`` (built-in compositional set with a
-    checker; t2i_drift/data/shapes.py) or ``hf`` (``data.path`` through HF datasets)."""
+    checker; t2i_drift/data/shapes.py), ``hf`` (``data.path`` through HF datasets) or
+    ``webdataset`` (tar shards at ``data.path``; t2i_drift/data/webdataset.py)."""
     path: str | None = None
-    """``hf`` only: a hub dataset name, a local imagefolder (images + metadata.jsonl/csv), or parquet /
-    arrow files (a glob works)."""
+    """``hf``: a hub dataset name, a local imagefolder (images + metadata.jsonl/csv), or parquet /
+    arrow files (a glob works). ``webdataset``: shard URL(s): a path, a brace pattern
+    ``shards/{000000..000099}.tar``, ``a::b`` lists, ``pipe:<command>`` or http(s) URLs."""
     split: str = "train"
     image_column: str = "image"
     caption_columns: list[str] = field(default_factory=lambda: ["text"])
     """One or several caption columns; with several, each row uses one picked at random (seeded)."""
+    streaming: bool = False
+    """``hf`` only: stream the rows (``load_dataset(streaming=True)``) instead of decoding them all
+    into memory first; captions are then encoded per batch."""
+    image_keys: str = "jpg;jpeg;png;webp"
+    """``webdataset`` only: member extensions tried in order for a sample's image."""
+    caption_keys: str = "txt;caption;json"
+    """``webdataset`` only: member extensions whose captions are candidates (json: its caption /
+    text field); one is picked at random per sample (seeded)."""
+    resampled: bool = False
+    """``webdataset`` only: draw shards with replacement, forever (no epochs; the usual choice for
+    multi-node runs, where shards cannot be split evenly)."""
+    shuffle_buffer: int = 1000
+    """Streaming sources: samples held in the shuffle buffer (0: stream order)."""
     min_size: int = 8
-    """``hf`` only: images whose shorter side is smaller are skipped (and reported)."""
+    """``hf`` and ``webdataset``: images whose shorter side is smaller are skipped (and reported)."""
     resolution: int = 32
     val_fraction: float = 0.05
     """Share of captions held out (by caption hash) as the validation split."""
     max_samples: int | None = None
-    """Keep only the first N training pairs (tests, quick runs)."""
+    """Keep only the first N training pairs (tests, quick runs); streamed ``hf``: per process."""
     num_workers: int = 0
     renders_per_scene: int = 4
     """``shapes`` only: jittered renders of each scene (its 788 training scenes x this)."""
@@ -254,9 +270,13 @@ def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
             setattr(obj, key, _check_value(value, hints[key], dotted))
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config from nested dicts; ``source`` names the origin in error messages."""
-    cfg = Config()
+# Any config tree of dataclasses (Config, or another run type's, e.g. MAEConfig).
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config", cls: type[ConfigT] = Config) -> ConfigT:
+    """Build a ``cls`` (default Config) from nested dicts; ``source`` names the origin in errors."""
+    cfg = cls()
     try:
         _merge_into(cfg, values or {}, "")
     except ConfigError as err:
@@ -264,7 +284,7 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
-def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+def apply_overrides(cfg: ConfigT, overrides: list[str]) -> ConfigT:
     """Apply ``section.key=value`` strings; values are parsed as YAML (``0.5``, ``[1, 2]``, ``null``)."""
     for item in overrides:
         if "=" not in item:
@@ -284,10 +304,19 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML recipe (None: the built-in defaults) and apply dotted overrides."""
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cls: type[ConfigT] = Config,
+    validate: Callable[[Any, str], None] | None = None,
+) -> ConfigT:
+    """Load a YAML recipe (None: the built-in defaults) and apply dotted overrides.
+
+    ``cls`` is the config tree (default: the text-to-image Config) and ``validate(cfg, source)`` its
+    range checks (default: :func:`validate_config`, which expects a Config).
+    """
     if path is None:
-        cfg = Config()
+        cfg = cls()
     else:
         path = Path(path)
         if not path.is_file():
@@ -296,9 +325,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             values = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        cfg = config_from_dict(values or {}, source=str(path))
+        cfg = config_from_dict(values or {}, source=str(path), cls=cls)
     cfg = apply_overrides(cfg, overrides or [])
-    validate_config(cfg, source="config" if path is None else str(path))
+    (validate or validate_config)(cfg, "config" if path is None else str(path))
     return cfg
 
 
@@ -320,7 +349,13 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "must be positive or null",
         ),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
-        ("data.path", cfg.data.name != "hf" or bool(cfg.data.path), "must be set when data.name is hf"),
+        (
+            "data.path",
+            cfg.data.name not in ("hf", "webdataset") or bool(cfg.data.path),
+            "must be set when data.name is hf or webdataset",
+        ),
+        ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0, "must be >= 0"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.caption_columns", len(cfg.data.caption_columns) > 0, "must name at least one column"),
         (
             "features.effnet",
@@ -345,12 +380,13 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             raise ConfigError(f"{source}: {key} = {_lookup(cfg, key)!r} {message}")
 
 
-def _lookup(cfg: Config, dotted: str) -> Any:
+def _lookup(cfg: Any, dotted: str) -> Any:
     obj: Any = cfg
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write any config tree of dataclasses (Config, MAEConfig) as YAML."""
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

@@ -27,27 +27,27 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from t2i_drift.data.hf import HFImageTextDataset
-from t2i_drift.data.openmoji import OpenMojiDataset
-from t2i_drift.data.rendered import RenderedImageCaptionDataset
-from t2i_drift.data.shapes import ShapesDataset
+from t2i_drift.data.images import SkipLog
 from t2i_drift.data.splits import caption_hash
+from t2i_drift.data.streaming import StreamingImageTextDataset
 from t2i_drift.drifting.guidance import sample_alpha
 from t2i_drift.drifting.text_to_image import text_to_image_drift_loss
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.text.cache import TextEmbeddingCache, default_cache_dir
-from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_in_batches
+from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_in_batches, encode_text
+from t2i_drift.training.batch_inputs import BatchInputs, StepInputs
 from t2i_drift.training.builders import (
+    build_dataset,
     build_feature_encoder,
     build_optimizer,
     build_transformer,
-    encode_latents,
     feature_key_weights,
     load_text_slots,
     load_vae,
@@ -70,37 +70,6 @@ def peak_memory_mb() -> float:
     """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
-def build_dataset(cfg: Config, split: str = "train") -> RenderedImageCaptionDataset:
-    """The configured dataset (``split``: train, or the built-in sets' held-out part)."""
-    if cfg.data.name == "hf":
-        return HFImageTextDataset(
-            cfg.data.path,
-            split=cfg.data.split,
-            image_column=cfg.data.image_column,
-            caption_columns=cfg.data.caption_columns,
-            resolution=cfg.data.resolution,
-            max_samples=cfg.data.max_samples,
-            min_size=cfg.data.min_size,
-            seed=cfg.train.seed,
-        )
-    if cfg.data.name == "shapes":
-        return ShapesDataset(
-            split="train" if split == "train" else "heldout",
-            resolution=cfg.data.resolution,
-            renders_per_scene=cfg.data.renders_per_scene,
-            max_samples=cfg.data.max_samples if split == "train" else None,
-            seed=cfg.train.seed,
-        )
-    if cfg.data.name != "openmoji":
-        raise ValueError(f"data.name={cfg.data.name!r} is not a known dataset")
-    return OpenMojiDataset(
-        split=split,
-        resolution=cfg.data.resolution,
-        val_fraction=cfg.data.val_fraction,
-        max_samples=cfg.data.max_samples if split == "train" else None,
-    )
 
 
 def encode_captions(
@@ -145,40 +114,70 @@ def train(cfg: Config) -> Path:
     if G < 2:
         raise ValueError(f"drift.samples_per_prompt must be >= 2, got {G}")
 
-    # --- data and text conditioning (encoded once, frozen) ---
+    # --- data and text conditioning (frozen) ---
     dataset = build_dataset(cfg, "train")
+    streaming = isinstance(dataset, StreamingImageTextDataset)
+    skips = SkipLog()  # bad data skipped by the source, reported at the end
     if isinstance(dataset, HFImageTextDataset):
         accelerator.print(f"data: {len(dataset)} pairs from {cfg.data.path}; {dataset.report()}")
-    if len(dataset) < cfg.train.batch_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} training pairs")
+        skips.merge(dataset.skipped)
     slots, token_sources, pooled_sources = load_text_slots(cfg.text)
     for slot in slots:
         slot.model.to(accelerator.device)
-    captions = encode_captions(cfg, slots, token_sources, pooled_sources, dataset.captions, main, accelerator)
-    captions = captions.to(accelerator.device)
-    caption_ids = torch.tensor([caption_hash(c) for c in dataset.captions], device=accelerator.device)
+    if streaming:
+        # Captions are not known up front: each batch is encoded as it arrives (or read from
+        # shards written by scripts/cache_features.py). Batches are formed in the source.
+        table = table_ids = None
+        with torch.no_grad():
+            probe = encode_text(slots, ["a"], token_sources, pooled_sources, accelerator.device)
+        text_dims = probe.embeds.shape[-1], probe.pooled.shape[-1]
+        loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers)
+    else:
+        if len(dataset) < cfg.train.batch_size:
+            raise ValueError(
+                f"train.batch_size={cfg.train.batch_size} exceeds the {len(dataset)} training pairs"
+            )
+        captions = dataset.captions
+        table = encode_captions(cfg, slots, token_sources, pooled_sources, captions, main, accelerator)
+        table_ids = torch.tensor([caption_hash(c) for c in captions])
+        text_dims = table.embeds.shape[-1], table.pooled.shape[-1]
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
     # The loop's own generator for noise, alpha and style draws: nothing else consumes it, so a
     # resumed run continues the exact stream (libraries may draw from the global RNG at any time).
     rng = torch.Generator(device=accelerator.device).manual_seed(
         cfg.train.seed * 1000 + accelerator.process_index
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        generator=torch.Generator().manual_seed(cfg.train.seed),
     )
 
     # --- models ---
     vae = load_vae(cfg)
     if vae is not None:
         vae.to(accelerator.device)
-    model = build_transformer(cfg, captions.embeds.shape[-1], captions.pooled.shape[-1], vae)
+    model = build_transformer(cfg, *text_dims, vae)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     features = build_feature_encoder(cfg).to(accelerator.device)
+    inputs = BatchInputs(
+        slots,
+        token_sources,
+        pooled_sources,
+        vae,
+        accelerator.device,
+        table=table,
+        table_ids=table_ids,
+        expected_meta=(
+            BatchInputs.expected(cfg, slots, token_sources, pooled_sources, vae, features)
+            if streaming
+            else None
+        ),
+        source=f"data.path={cfg.data.path!r}",
+    )
     optimizer = build_optimizer(model, cfg)
     scheduler = get_scheduler(
         "constant_with_warmup",
@@ -186,7 +185,12 @@ def train(cfg: Config) -> Path:
         num_warmup_steps=cfg.optim.warmup_steps,
         num_training_steps=cfg.train.max_steps,
     )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if streaming:
+        # A stream splits itself between processes and workers (data/streaming.py); Accelerate
+        # would dispatch or re-shard it.
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    else:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped: DriftingTransformer2DModel = accelerator.unwrap_model(model)
     ema = EMAModel(
         unwrapped.parameters(),
@@ -214,8 +218,9 @@ def train(cfg: Config) -> Path:
         accelerator.print(f"resumed from {resume} at step {state.step}")
 
     n_params = sum(p.numel() for p in unwrapped.parameters())
+    pairs = "streamed" if streaming else len(dataset)
     accelerator.print(
-        f"{len(dataset)} training pairs | generator {n_params / 1e6:.2f}M params | "
+        f"{pairs} training pairs | generator {n_params / 1e6:.2f}M params | "
         f"{cfg.train.batch_size} prompts x {G} samples per step per process | "
         f"{accelerator.num_processes} process(es)"
     )
@@ -228,26 +233,22 @@ def train(cfg: Config) -> Path:
     t_start = time.perf_counter()
     steps_this_run = 0
     while state.step < cfg.train.max_steps:
-        loader.set_epoch(state.epoch)
-        epoch_loader = (
-            accelerator.skip_first_batches(loader, state.batches_in_epoch)
-            if state.batches_in_epoch
-            else loader
-        )
-        for batch in epoch_loader:
-            stats = train_step(
-                model,
-                unwrapped,
-                features,
-                batch,
-                captions,
-                caption_ids,
-                cfg,
-                accelerator,
-                distributed,
-                rng,
-                vae,
+        if streaming:
+            dataset.set_epoch(state.epoch)
+            epoch_loader = skip_stream_batches(loader, state.batches_in_epoch)
+        else:
+            loader.set_epoch(state.epoch)
+            epoch_loader = (
+                accelerator.skip_first_batches(loader, state.batches_in_epoch)
+                if state.batches_in_epoch
+                else loader
             )
+        steps_before_epoch = state.step
+        for batch in epoch_loader:
+            skips.extend(batch.pop("skipped", ()))
+            if not batch["caption"]:  # a stream's trailing skip report, no samples
+                continue
+            stats = train_step(model, unwrapped, features, inputs(batch), cfg, accelerator, distributed, rng)
             if accelerator.sync_gradients:
                 if cfg.optim.max_grad_norm > 0:
                     stats["grad_norm"] = accelerator.clip_grad_norm_(
@@ -298,9 +299,21 @@ def train(cfg: Config) -> Path:
             if state.step >= cfg.train.max_steps:
                 break
         else:
+            if state.step == steps_before_epoch and not state.batches_in_epoch:
+                raise ValueError(
+                    f"data.path={cfg.data.path!r}: an epoch produced no complete batch of "
+                    f"{cfg.train.batch_size} usable samples on process {accelerator.process_index} "
+                    f"({skips.report()})"
+                )
             state.epoch += 1
             state.batches_in_epoch = 0
     progress.close()
+    # Every process's skipped data, reported once.
+    all_skips = SkipLog()
+    for part in gather_object([skips.to_dict()]) if distributed else [skips.to_dict()]:
+        all_skips.merge(SkipLog.from_dict(part))
+    if all_skips.total:
+        accelerator.print(f"data: {all_skips.report()}")
     wall = time.perf_counter() - t_start
     accelerator.wait_for_everyone()
 
@@ -319,6 +332,7 @@ def train(cfg: Config) -> Path:
             "samples_per_s": steps_this_run * samples_per_step / max(wall, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
             "generator_params": n_params,
+            "data_skipped": all_skips.to_dict(),
             "pipeline": str(pipe_dir),
         }
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
@@ -330,26 +344,31 @@ def train(cfg: Config) -> Path:
     return pipe_dir
 
 
+def skip_stream_batches(loader: DataLoader, count: int):
+    """A stream's batches after its first ``count`` non-empty ones (resume inside an epoch: the
+    stream is deterministic for a given seed, epoch and worker count). The skipped batches' skip
+    reports are passed on."""
+    for batch in loader:
+        if count > 0 and batch["caption"]:
+            count -= 1
+            yield {"caption": [], "skipped": batch.get("skipped", [])}
+            continue
+        yield batch
+
+
 def train_step(
     model: torch.nn.Module,
     unwrapped: DriftingTransformer2DModel,
     features: torch.nn.Module,
-    batch: dict,
-    captions,
-    caption_ids: torch.Tensor,
+    inputs: StepInputs,
     cfg: Config,
     accelerator: Accelerator,
     distributed: bool,
     rng: torch.Generator,
-    vae: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """One drifting step for B prompts with G samples each; returns logged scalars."""
-    real = batch["pixel_values"]  # [B, 3, R, R] in [-1, 1]
-    if vae is not None:  # latent space: the positives and the generator's output are VAE latents
-        real = encode_latents(vae, real)  # [B, C, R/f, R/f]
-    idx = batch["index"].to(captions.embeds.device)
+    real, emb = inputs.real, inputs.text  # [B, C, H, W]; embeds [B, T, Dt]
     B, G = real.shape[0], cfg.drift.samples_per_prompt
-    emb = captions.index(idx)
     device = real.device
     alpha = sample_alpha(
         B,
@@ -359,7 +378,7 @@ def train_step(
         generator=rng,
         device=device,
     )  # [B], one alpha per prompt
-    noise = torch.randn(B * G, *real.shape[1:], device=device, generator=rng)  # [B*G, 3, R, R]
+    noise = torch.randn(B * G, *real.shape[1:], device=device, generator=rng)  # [B*G, C, H, W]
     style = unwrapped.sample_style_indices(B * G, generator=rng, device=device)  # [B*G, 32]
     with accelerator.autocast():
         generated = model(
@@ -369,16 +388,24 @@ def train_step(
             pooled_projections=emb.pooled.repeat_interleave(G, dim=0),
             guidance=alpha.repeat_interleave(G),
             style_indices=style,
-        ).sample  # [B*G, 3, R, R]
+        ).sample  # [B*G, C, H, W]
         gen_features = features(generated)  # key -> [B*G, L, D], with grad
-        with torch.no_grad():
-            real_features = features(real)  # key -> [B, L, D]
+        if inputs.real_features is not None:  # precomputed in the shards
+            real_features = inputs.real_features  # key -> [B, L, D]
+            if set(real_features) != set(gen_features):
+                raise ValueError(
+                    f"cached positive features have keys {sorted(real_features)} but the feature "
+                    f"encoder produces {sorted(gen_features)}"
+                )
+        else:
+            with torch.no_grad():
+                real_features = features(real)  # key -> [B, L, D]
     loss, stats = text_to_image_drift_loss(
         gen_features,
         real_features,
         G,
         alpha,
-        caption_ids[idx],
+        inputs.caption_ids,
         cfg.drift.temperatures,
         key_weights=feature_key_weights(cfg, list(gen_features)),
         distributed=distributed,
