@@ -256,3 +256,56 @@ def test_hf_streaming_parquet_with_bad_rows(tmp_path):
     assert len(batches) == 6 and log.counts == {"undecodable image": 1}
     with pytest.raises(ValueError, match="data.path=.*columns \\['caption'\\] not found"):
         HFStreamingImageTextDataset(str(tmp_path / "data.parquet"), batch_size=1, caption_columns="caption")
+
+
+def test_two_process_training_splits_shards_and_reports_every_process_skips(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on shards: each process reads its own
+    shards (split_by_node) and the corrupt sample at the head of each of the 4 shards is reported
+    once, from both processes, in the run summary."""
+    import os
+    import shutil
+    import subprocess
+
+    for s in range(4):
+        with wds.TarWriter(str(tmp_path / f"d-{s}.tar")) as writer:
+            writer.write({"__key__": f"bad{s}", "png": b"corrupt", "txt": "corrupt"})
+            for i in range(5):
+                image = Image.new("RGB", (24, 24), _colour(i + s))
+                writer.write({"__key__": f"s{s}-{i}", "png": _encode(image, "PNG"), "txt": f"shape {s} {i}"})
+    accelerate = shutil.which("accelerate")
+    assert accelerate, "accelerate CLI not on PATH"
+    root = Path(__file__).parent.parent
+    proc = subprocess.run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            "29541",
+            str(root / "scripts/train_t2i.py"),
+            "--config",
+            str(RECIPE),
+            "--output_dir",
+            str(tmp_path / "run"),
+            "--max_steps",
+            "2",
+            "data.name=webdataset",
+            f"data.path={tmp_path}/d-{{0..3}}.tar",
+            "data.shuffle_buffer=0",
+            "train.batch_size=4",
+            "features.effnet=false",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert summary["steps"] == 2
+    skipped = summary["data_skipped"]
+    assert skipped["counts"] == {"undecodable image": 4}, skipped
+    urls = " ".join(skipped["examples"]["undecodable image"])
+    assert all(f"d-{s}.tar" in urls for s in range(3))  # examples are capped at 3
