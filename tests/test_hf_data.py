@@ -98,6 +98,12 @@ def test_parquet_source_and_errors(tmp_path):
         progress=False,
     )
     assert data.captions == list("abcd") and data.skipped.total == 0
+    table.save_to_disk(str(tmp_path / "saved"))  # arrow files, as datasets writes them
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    from_arrow = HFImageTextDataset(
+        str(arrow), image_column="jpg", caption_columns="caption", resolution=8, progress=False
+    )
+    assert from_arrow.captions == list("abcd") and torch.equal(from_arrow.images, data.images)
     with pytest.raises(ValueError, match=r"columns \['text'\] not found"):
         HFImageTextDataset(str(tmp_path / "part-0.parquet"), image_column="jpg", progress=False)
     with pytest.raises(ValueError, match="data.path"):
