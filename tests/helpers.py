@@ -9,6 +9,7 @@ import textwrap
 import torch
 
 from t2i_drift import DriftingPipeline, DriftingTransformer2DModel
+from t2i_drift.models.mae_resnet import ResNetMAE
 from t2i_drift.text import load_text_encoder
 
 
@@ -44,6 +45,28 @@ def tiny_vae(scaling_factor: float, shift_factor: float):
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
     ).eval()
+
+
+def tiny_mae(**overrides) -> ResNetMAE:
+    """A tiny pixel ResNetMAE (width 8) with perturbed weights; ``overrides`` change its config."""
+    torch.manual_seed(0)
+    args = dict(in_channels=3, sample_size=32, width=8, stem_patch_size=2, norm_num_groups=4)
+    model = ResNetMAE(**{**args, **overrides})
+    with torch.no_grad():  # non-zero head and residual norms, so every path carries signal
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def tiny_convnext_dir(path) -> str:
+    """A 4-stage random ConvNeXt-V2 backbone (channels 8..32, one block per stage, image_size 32)
+    saved to ``path``; no preprocessor config (ImageNet statistics apply)."""
+    from transformers import ConvNextV2Backbone, ConvNextV2Config
+
+    torch.manual_seed(0)
+    config = ConvNextV2Config(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], image_size=32)
+    ConvNextV2Backbone(config).save_pretrained(path)
+    return str(path)
 
 
 def run_python(code: str, timeout: int = 300) -> str:

@@ -33,7 +33,7 @@ def vae_dir(tmp_path_factory):
 def _inputs(cfg, shards: str) -> tuple[BatchInputs, dict, object]:
     slots, tok, pool = load_text_slots(cfg.text)
     vae = load_vae(cfg)
-    features = build_feature_encoder(cfg)
+    features = build_feature_encoder(cfg, vae)
     inputs = BatchInputs(
         slots,
         tok,

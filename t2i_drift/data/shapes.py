@@ -102,6 +102,18 @@ class Scene:
         return any((o.colour, o.shape) in HELD_OUT_PAIRS for o in self.objects)
 
 
+NUM_LABELS = len(SHAPES) * len(COLOURS)
+"""Classes of :func:`scene_label` (shape x colour)."""
+
+
+def scene_label(scene: Scene) -> int:
+    """A class for classification fine-tuning (e.g. of the MAE feature encoder): the first object's
+    shape x colour, ``shape_index * 6 + colour_index`` in 0..17. Training scenes never use the four
+    held-out pairs, so those classes do not occur in the ``train`` split."""
+    first = scene.objects[0]
+    return SHAPES.index(first.shape) * len(COLOURS) + list(COLOURS).index(first.colour)
+
+
 def all_scenes() -> list[Scene]:
     """Every scene, in a fixed order: all one-object scenes, then all two-object scenes."""
     scenes = [
@@ -284,8 +296,11 @@ class ShapesDataset(RenderedImageCaptionDataset):
         max_samples: keep the first N items.
         seed: base seed of the jitter.
     Items:
-        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "index": int}``
+        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "index": int,
+        "label": int}``; ``label`` is :func:`scene_label` (``num_classes`` classes).
     """
+
+    num_classes = NUM_LABELS
 
     def __init__(
         self,
@@ -307,3 +322,7 @@ class ShapesDataset(RenderedImageCaptionDataset):
             np.stack([render_scene(s, resolution, k) for s, k in zip(self.scenes, seeds, strict=True)])
         )
         self.captions = [s.caption for s in self.scenes]
+        self.labels = [scene_label(s) for s in self.scenes]
+
+    def __getitem__(self, idx: int) -> dict:
+        return {**super().__getitem__(idx), "label": self.labels[idx]}

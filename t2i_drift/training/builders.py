@@ -11,7 +11,14 @@ from t2i_drift.data.rendered import RenderedImageCaptionDataset
 from t2i_drift.data.shapes import ShapesDataset
 from t2i_drift.data.streaming import StreamingImageTextDataset
 from t2i_drift.data.webdataset import WebDatasetImageText
-from t2i_drift.models.feature_encoders import EfficientNetLite0Features, MultiFeatureEncoder, RawFeatures
+from t2i_drift.models.feature_encoders import (
+    DecodedLatentFeatures,
+    EfficientNetLite0Features,
+    HubVisionFeatures,
+    MAEFeatures,
+    MultiFeatureEncoder,
+    RawFeatures,
+)
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.pipeline_drifting import TEXT_ENCODER_NAMES
 from t2i_drift.text.encoders import TextEncoderSlot, load_text_encoder
@@ -150,20 +157,53 @@ def load_text_slots(text: TextConfig) -> tuple[list[TextEncoderSlot], list[int],
     return slots, [index[s] for s in text.token_sources], [index[s] for s in text.pooled_sources]
 
 
-def build_feature_encoder(cfg: Config) -> MultiFeatureEncoder:
-    """Frozen encoders whose keyed features enter the loss (METHOD.md section 4)."""
-    encoders: dict[str, torch.nn.Module] = {}
-    if cfg.features.effnet:
-        encoders["effnet"] = EfficientNetLite0Features(
-            blocks=cfg.features.effnet_blocks,
-            input_size=cfg.features.effnet_input_size,
-            patch_sizes=cfg.features.patch_sizes,
-            per_location=cfg.features.per_location,
+def build_feature_encoder(cfg: Config, vae: AutoencoderKL | None = None) -> MultiFeatureEncoder:
+    """Frozen encoders whose keyed features enter the loss (METHOD.md section 4); each key keeps
+    its own normalization. ``vae``: the run's VAE (latent space), for ``features.decode_latents``
+    and the MAE channel check."""
+    f = cfg.features
+    pixel: dict[str, torch.nn.Module] = {}
+    if f.effnet:
+        pixel["effnet"] = EfficientNetLite0Features(
+            blocks=f.effnet_blocks,
+            input_size=f.effnet_input_size,
+            patch_sizes=f.patch_sizes,
+            per_location=f.per_location,
         )
-    if cfg.features.raw:
+    if f.hub is not None:
+        try:
+            pixel["hub"] = HubVisionFeatures(
+                f.hub,
+                out_features=f.hub_out_features,
+                input_size=f.hub_input_size,
+                patch_sizes=f.patch_sizes,
+                per_location=f.per_location,
+            )
+        except ValueError as err:
+            raise ValueError(f"features.hub: {err}") from None
+    encoders: dict[str, torch.nn.Module] = {}
+    if pixel and vae is not None:  # latent run: pixel encoders see decoded latents
+        decoded_pixels = MultiFeatureEncoder(pixel)
+        encoders["decoded"] = DecodedLatentFeatures(vae, decoded_pixels, pixel_size=cfg.data.resolution)
+    else:
+        encoders.update(pixel)
+    if f.mae is not None:
+        try:
+            mae = MAEFeatures(f.mae, maps=f.mae_maps, patch_sizes=f.patch_sizes, per_location=f.per_location)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"features.mae={f.mae!r}: {err}") from None
+        expected = 3 if vae is None else vae.config.latent_channels
+        if mae.model.config.in_channels != expected:
+            space = "pixels" if vae is None else f"the latents of model.vae ({expected} channels)"
+            raise ValueError(
+                f"features.mae={f.mae!r} was trained on {mae.model.config.in_channels}-channel inputs "
+                f"but this run's generator outputs {space}"
+            )
+        encoders["mae"] = mae
+    if f.raw:
         encoders["raw"] = RawFeatures()
     if not encoders:
-        raise ValueError("features: enable at least one of features.effnet and features.raw")
+        raise ValueError("features: enable at least one of features.effnet, hub, mae and raw")
     return MultiFeatureEncoder(encoders)
 
 
@@ -181,13 +221,11 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.AdamW:
 
 
 def feature_key_weights(cfg: Config, keys: list[str]) -> dict[str, float]:
-    """Loss weight of each feature key from its encoder (``effnet*`` or ``raw*``)."""
+    """Loss weight of each feature key from its encoder's key prefix (METHOD.md: 1, a plain sum)."""
+    f = cfg.features
+    by_prefix = {"effnet": f.effnet_weight, "hub": f.hub_weight, "mae": f.mae_weight, "raw": f.raw_weight}
     weights = {}
     for key in keys:
-        if key.startswith("effnet"):
-            weights[key] = cfg.features.effnet_weight
-        elif key.startswith("raw"):
-            weights[key] = cfg.features.raw_weight
-        else:
-            weights[key] = 1.0
+        prefix = key.split("/", 1)[0].split(".", 1)[0]
+        weights[key] = by_prefix.get(prefix, 1.0)
     return weights

@@ -97,7 +97,7 @@ def cache_features(
         vae.to(device)
     if vae is None and not include_images:
         raise ValueError("--no_images needs model.vae: a pixel-space run trains on the images themselves")
-    features = build_feature_encoder(cfg).to(device)
+    features = build_feature_encoder(cfg, vae).to(device)
     meta = BatchInputs.expected(cfg, slots, token_sources, pooled_sources, vae, features)
     if not include_features:
         meta["features_key"] = ""

@@ -2,7 +2,8 @@
 
 Layout of ``<output_dir>/checkpoints/checkpoint-<step>/``:
 
-    transformer/               save_pretrained folder of the online weights
+    transformer/               save_pretrained folder of the online weights (``model_subfolder``:
+                               another name for another model, e.g. ``mae``)
     ema.safetensors            EMA shadow parameters (same order as model.parameters())
     optimizer.safetensors      every tensor of optimizer.state_dict()["state"]
     trainer_state.json         step, epoch, optimizer param_groups and scalar state, EMA and
@@ -77,6 +78,7 @@ def save_checkpoint(
     process_index: int = 0,
     is_main_process: bool = True,
     generators: dict[str, torch.Generator] | None = None,
+    model_subfolder: str = "transformer",
 ) -> None:
     """Write one checkpoint folder (model/optimizer/EMA on the main process, RNG on every process).
 
@@ -86,7 +88,7 @@ def save_checkpoint(
     save_file(_rng_tensors(generators or {}), str(path / f"rng_state_{process_index}.safetensors"))
     if not is_main_process:
         return
-    model.save_pretrained(path / "transformer")
+    model.save_pretrained(path / model_subfolder)
     ema_state = ema.state_dict()
     save_file(
         {f"{i}": p.detach().contiguous().cpu() for i, p in enumerate(ema_state.pop("shadow_params"))},
@@ -120,17 +122,18 @@ def load_checkpoint(
     scheduler: Any,
     process_index: int = 0,
     generators: dict[str, torch.Generator] | None = None,
+    model_subfolder: str = "transformer",
 ) -> TrainerState:
     """Restore everything :func:`save_checkpoint` wrote; returns the step counters."""
     meta_path = path / "trainer_state.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint folder (no trainer_state.json)")
     meta = json.loads(meta_path.read_text())
-    weights = load_file(str(path / "transformer" / SAFETENSORS_WEIGHTS_NAME))
+    weights = load_file(str(path / model_subfolder / SAFETENSORS_WEIGHTS_NAME))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{path}/transformer does not match the model: missing {missing}, unexpected {unexpected}"
+            f"{path}/{model_subfolder} does not match the model: missing {missing}, unexpected {unexpected}"
         )
     shadow = load_file(str(path / "ema.safetensors"))
     ema_state = dict(meta["ema"])

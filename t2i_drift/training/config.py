@@ -117,6 +117,26 @@ class FeaturesConfig:
     """Loss weight of every EfficientNet key (METHOD.md: 1, a plain sum over keys)."""
     raw_weight: float = 1.0
     """Loss weight of the raw-output key."""
+    mae: str | None = None
+    """A trained ResNetMAE (scripts/train_mae.py output folder or its ``mae/`` subfolder), the
+    paper's encoder: its ``in_channels`` must match the generator's space (3 for pixels, the VAE's
+    latent channels with ``model.vae``)."""
+    mae_maps: list[str] | None = None
+    """MAE feature maps to use (``s1.b2``, ``s1.out``, ..., ``s4.out``); null: all nine."""
+    mae_weight: float = 1.0
+    """Loss weight of every MAE key."""
+    hub: str | None = None
+    """Any transformers vision backbone (``AutoBackbone``: ConvNeXt-V2, DINOv2, ...) by hub id or
+    local folder, frozen, e.g. ``facebook/convnextv2-tiny-22k-224``."""
+    hub_out_features: list[str] | None = None
+    """The backbone's stages to use (``stage1``...); null: every stage but the stem."""
+    hub_input_size: int | None = None
+    """Side the images are resized to for the backbone; null: from its preprocessor config."""
+    hub_weight: float = 1.0
+    """Loss weight of every hub-backbone key."""
+    decode_latents: bool = False
+    """With ``model.vae``: the pixel-space encoders (EfficientNet, hub backbone) see the
+    VAE-decoded latents (generated and real alike; the decoder is frozen but differentiable)."""
 
 
 @dataclass
@@ -359,8 +379,18 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ("data.caption_columns", len(cfg.data.caption_columns) > 0, "must name at least one column"),
         (
             "features.effnet",
-            cfg.model.vae is None or not cfg.features.effnet,
-            "needs pixels; with model.vae set use the raw (latent) key only (features.effnet=false)",
+            cfg.model.vae is None or not cfg.features.effnet or cfg.features.decode_latents,
+            "needs pixels: with model.vae set features.decode_latents=true (or features.effnet=false)",
+        ),
+        (
+            "features.hub",
+            cfg.model.vae is None or cfg.features.hub is None or cfg.features.decode_latents,
+            "needs pixels: with model.vae set features.decode_latents=true (or features.hub=null)",
+        ),
+        (
+            "features.decode_latents",
+            cfg.model.vae is not None or not cfg.features.decode_latents,
+            "needs model.vae (there are no latents to decode in a pixel-space run)",
         ),
         (
             "text.token_sources",

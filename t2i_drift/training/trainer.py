@@ -162,7 +162,7 @@ def train(cfg: Config) -> Path:
     model = build_transformer(cfg, *text_dims, vae)
     if cfg.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    features = build_feature_encoder(cfg).to(accelerator.device)
+    features = build_feature_encoder(cfg, vae).to(accelerator.device)
     inputs = BatchInputs(
         slots,
         token_sources,

@@ -1,0 +1,133 @@
+"""Run configuration of MAE feature-encoder training (``scripts/train_mae.py``).
+
+The same strict loading as the text-to-image config (t2i_drift/training/config.py): unknown keys
+and wrong types raise a ``ConfigError`` naming the file or override and the dotted key. The
+``data`` and ``optim`` sections are the text-to-image ones (same keys, same meaning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from t2i_drift.training.config import ConfigError, DataConfig, OptimConfig, _lookup, load_config
+
+
+@dataclass
+class MAEModelConfig:
+    """``ResNetMAE`` architecture (t2i_drift/models/mae_resnet.py) and its input space."""
+
+    width: int = 64
+    """C: stage widths are C, 2C, 4C, 8C (paper: 256, and 640 for the best encoder)."""
+    depths: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    """Basic blocks per stage."""
+    stem_patch_size: int = 2
+    """Patchify stem kernel = stride: 2 for 32 px pixels, 1 for VAE latents (the paper's)."""
+    mask_patch_size: int = 2
+    """Side of a masked square in stem cells (2: the paper's 2x2 patches)."""
+    mask_ratio: float = 0.5
+    norm_num_groups: int = 32
+    """GroupNorm groups; must divide ``width`` and ``decoder_width``."""
+    decoder_width: int | None = None
+    """The light decoder's width (null: ``width``)."""
+    vae: str | None = None
+    """A diffusers ``AutoencoderKL`` (hub id or local folder): the MAE then learns its scaled
+    latents (in_channels = latent channels) instead of pixels; use ``stem_patch_size: 1``."""
+    vae_subfolder: str | None = None
+    """The VAE's folder inside a pipeline repository, e.g. ``vae``."""
+
+
+@dataclass
+class MAETrainConfig:
+    output_dir: str = "outputs/mae"
+    batch_size: int = 64
+    """Images per step per process."""
+    max_steps: int = 2000
+    """Masked-reconstruction (pretraining) steps; the fine-tune steps come after these."""
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
+    log_every: int = 50
+
+
+@dataclass
+class FinetuneConfig:
+    """Classification fine-tune after pretraining (paper: width 640 + fine-tune gave its best
+    FID). Runs only when the dataset has labels (``shapes``: the first object's shape x colour);
+    otherwise it is skipped with a message."""
+
+    steps: int = 0
+    """Fine-tune steps after ``train.max_steps`` (0: none)."""
+    learning_rate: float = 2e-4
+    """Constant learning rate of the fine-tune phase (no warmup: the weights are trained)."""
+    reconstruction_weight: float = 1.0
+    """Weight of the masked-reconstruction loss next to the cross-entropy, so the per-location
+    detail the drifting loss uses is kept while class information is added; 0: cross-entropy only."""
+
+
+def _mae_optim() -> OptimConfig:
+    # MAE-style defaults: more weight decay than the generator's.
+    return OptimConfig(learning_rate=1e-3, betas=[0.9, 0.95], weight_decay=0.05, warmup_steps=100)
+
+
+@dataclass
+class MAEConfig:
+    data: DataConfig = field(default_factory=lambda: DataConfig(name="shapes"))
+    model: MAEModelConfig = field(default_factory=MAEModelConfig)
+    optim: OptimConfig = field(default_factory=_mae_optim)
+    train: MAETrainConfig = field(default_factory=MAETrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Map-style datasets only: the loop shuffles with a seeded sampler and resumes by skipping batches.
+MAE_DATASETS = ("openmoji", "shapes", "hf")
+
+
+def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
+    """Range checks that types alone cannot express; errors name the dotted key."""
+    m, t = cfg.model, cfg.train
+    cell = m.stem_patch_size * m.mask_patch_size
+    checks = [
+        ("data.name", cfg.data.name in MAE_DATASETS, f"must be one of {list(MAE_DATASETS)}"),
+        ("data.path", cfg.data.name != "hf" or bool(cfg.data.path), "must be set when data.name is hf"),
+        ("model.width", m.width >= 1, "must be >= 1"),
+        ("model.depths", len(m.depths) > 0 and min(m.depths) >= 1, "must be a non-empty list of ints >= 1"),
+        ("model.stem_patch_size", m.stem_patch_size >= 1, "must be >= 1"),
+        ("model.mask_patch_size", m.mask_patch_size >= 1, "must be >= 1"),
+        ("model.mask_ratio", 0.0 < m.mask_ratio < 1.0, "must be in (0, 1)"),
+        ("model.norm_num_groups", m.norm_num_groups >= 1, "must be >= 1"),
+        (
+            "model.norm_num_groups",
+            m.width % m.norm_num_groups == 0 and (m.decoder_width or m.width) % m.norm_num_groups == 0,
+            f"must divide model.width={m.width} and model.decoder_width={m.decoder_width}",
+        ),
+        (
+            "data.resolution",
+            m.vae is not None or cfg.data.resolution % cell == 0,
+            f"must be divisible by model.stem_patch_size * model.mask_patch_size = {cell}",
+        ),
+        ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
+        ("train.max_steps", t.max_steps >= 1, "must be >= 1"),
+        ("train.checkpointing_steps", t.checkpointing_steps >= 1, "must be >= 1"),
+        ("train.log_every", t.log_every >= 1, "must be >= 1"),
+        ("finetune.steps", cfg.finetune.steps >= 0, "must be >= 0"),
+        ("finetune.learning_rate", cfg.finetune.learning_rate > 0, "must be > 0"),
+        ("finetune.reconstruction_weight", cfg.finetune.reconstruction_weight >= 0, "must be >= 0"),
+        ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),
+    ]
+    for key, ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{source}: {key} = {_lookup(cfg, key)!r} {message}")
+
+
+def load_mae_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MAEConfig:
+    """Load an MAE recipe (None: the built-in defaults) and apply ``section.key=value`` overrides."""
+    return load_config(path, overrides, cls=MAEConfig, validate=validate_mae_config)

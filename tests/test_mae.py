@@ -1,0 +1,278 @@
+"""ResNetMAE (the paper's feature encoder), its trainer, and MAEFeatures (METHOD.md section 4)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import tiny_mae, tiny_vae
+from safetensors.torch import load_file
+
+from t2i_drift.models import MAEFeatures, ResNetMAE
+from t2i_drift.models.mae_resnet import masked_mse
+from t2i_drift.training.checkpoint import list_checkpoints
+from t2i_drift.training.config import ConfigError
+from t2i_drift.training.mae_config import load_mae_config
+from t2i_drift.training.mae_trainer import MAE_PRETRAINED_SUBDIR, MAE_SUBDIR, train_mae
+
+ROOT = Path(__file__).parent.parent
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+PAPER_MAPS = ["s1.b2", "s1.out", "s2.b2", "s2.out", "s3.b2", "s3.b4", "s3.out", "s4.b2", "s4.out"]
+
+
+# ----------------------------------------------------------------------------------------------
+#                                          model
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, size, side",
+    [
+        (dict(in_channels=3, sample_size=32, stem_patch_size=2), 32, 16),  # pixels, patchify stem
+        (dict(in_channels=4, sample_size=8, stem_patch_size=1), 8, 8),  # VAE latents
+    ],
+)
+def test_feature_maps_are_every_second_block_and_each_stage_output(kwargs, size, side):
+    model = tiny_mae(**kwargs)
+    assert model.feature_map_names == PAPER_MAPS
+    maps = model.feature_maps(torch.randn(2, kwargs["in_channels"], size, size))
+    assert list(maps) == PAPER_MAPS
+    for name, fmap in maps.items():
+        stage = int(name[1])
+        s = side // 2 ** (stage - 1)
+        assert fmap.shape == (2, 8 * 2 ** (stage - 1), s, s), name
+    # b2 of stage 1 is an intermediate map, not the stage output
+    assert not torch.equal(maps["s1.b2"], maps["s1.out"])
+    deep = model.feature_maps(torch.randn(1, kwargs["in_channels"], size, size), ["s2.out"])
+    assert list(deep) == ["s2.out"]
+    with pytest.raises(ValueError, match="s9.out"):
+        model.feature_maps(torch.randn(1, kwargs["in_channels"], size, size), ["s9.out"])
+
+
+@pytest.mark.parametrize("in_channels, stem, size", [(3, 2, 32), (4, 1, 8)])
+def test_mask_is_exactly_half_of_aligned_patches(in_channels, stem, size):
+    model = tiny_mae(in_channels=in_channels, stem_patch_size=stem, sample_size=size)
+    cell = 2 * stem  # mask_patch_size=2 stem cells
+    g = size // cell
+    mask = model.random_mask(6, size, size, generator=torch.Generator().manual_seed(1))
+    assert mask.shape == (6, 1, size, size)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    blocks = mask.view(6, g, cell, g, cell)
+    assert torch.equal(blocks.amax(dim=(2, 4)), blocks.amin(dim=(2, 4)))  # constant per aligned patch
+    assert (blocks[:, :, 0, :, 0].sum(dim=(1, 2)) == g * g // 2).all()  # exactly 50% of patches
+    assert not torch.equal(mask[0], mask[1])  # a fresh draw per image
+    again = model.random_mask(6, size, size, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(mask, again)
+
+
+def test_loss_counts_only_masked_cells():
+    model = tiny_mae()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = model.random_mask(2, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = model(x, mask=mask)
+    torch.testing.assert_close(out.loss, masked_mse(out.reconstruction, x, mask))
+    # The encoder never sees masked content: changing it leaves the prediction unchanged ...
+    out2 = model(x + 0.5 * torch.randn_like(x) * mask, mask=mask)
+    torch.testing.assert_close(out2.reconstruction, out.reconstruction, rtol=0, atol=0)
+    # ... and predictions on visible cells do not enter the loss (zero gradient there).
+    pred = out.reconstruction.detach().requires_grad_(True)
+    masked_mse(pred, x, mask).backward()
+    assert pred.grad[(mask == 0).expand_as(pred)].abs().max() == 0
+    assert pred.grad[(mask == 1).expand_as(pred)].abs().min() > 0
+    shifted = pred.detach() + 3.0 * (1 - mask)  # change visible predictions only
+    torch.testing.assert_close(masked_mse(shifted, x, mask), out.loss)
+
+
+def test_classification_head_and_config_errors():
+    model = tiny_mae(num_classes=5)
+    x = torch.randn(3, 3, 32, 32)
+    assert model.classify(x).shape == (3, 5)
+    out = model(x, generator=torch.Generator().manual_seed(0), classify=True)
+    torch.testing.assert_close(out.logits, model.classify(x))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        tiny_mae().classify(x)
+    with pytest.raises(ValueError, match="norm_num_groups=3"):
+        ResNetMAE(width=8, norm_num_groups=3)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        ResNetMAE(width=8, norm_num_groups=4, mask_ratio=1.0)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    import t2i_drift  # registers ResNetMAE eagerly (DESIGN.md: loaders resolve via sys.modules)
+
+    assert t2i_drift.ResNetMAE is ResNetMAE
+    model = tiny_mae(num_classes=3, depths=(1, 2, 2, 1))
+    model.save_pretrained(tmp_path / "mae")
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    loaded = ResNetMAE.from_pretrained(tmp_path / "mae").eval()
+    assert list(loaded.config.depths) == [1, 2, 2, 1] and loaded.config.num_classes == 3
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    x = torch.randn(2, 3, 32, 32)
+    for name, fmap in model.feature_maps(x).items():
+        torch.testing.assert_close(loaded.feature_maps(x)[name], fmap, rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------
+#                                   frozen feature encoder
+# ----------------------------------------------------------------------------------------------
+
+
+def test_mae_features_are_frozen_but_pass_gradients_to_the_input():
+    enc = MAEFeatures(tiny_mae(), maps=["s1.b2", "s2.out", "s4.out"], patch_sizes=(2, 4))
+    enc.train()
+    assert not enc.training and not any(m.training for m in enc.modules())
+    assert not any(p.requires_grad for p in enc.parameters())
+    x = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)  # resized to the MAE's 32 px
+    feats = enc(x)
+    assert feats["mae/input_rms"].shape == (2, 1, 3)
+    assert feats["mae.s1.b2/loc"].shape == (2, 16 * 16, 8)
+    assert feats["mae.s1.b2/mean4x4"].shape == (2, 16, 8)
+    assert feats["mae.s2.out/std2x2"].shape == (2, 16, 16)
+    assert feats["mae.s4.out/mean"].shape == (2, 1, 64)
+    assert not any(k.startswith("mae.s3") for k in feats)
+    sum(f.sum() for f in feats.values()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.parameters())
+    with pytest.raises(ValueError, match="4 channels"):
+        enc(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="s5.out"):
+        MAEFeatures(tiny_mae(), maps=["s5.out"])
+
+
+def test_mae_features_on_latents_keep_their_size():
+    model = tiny_mae(in_channels=4, stem_patch_size=1, sample_size=8)
+    feats = MAEFeatures(model, per_location=False, prefix="lat")(torch.randn(2, 4, 8, 8))
+    assert "lat.s1.out/loc" not in feats
+    assert feats["lat.s1.out/mean2x2"].shape == (2, 16, 8)  # 8x8 map: no resize happened
+    assert feats["lat/input_rms"].shape == (2, 1, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+#                                     config and training
+# ----------------------------------------------------------------------------------------------
+
+
+def tiny_overrides(out: Path, *extra: str) -> list[str]:
+    return [
+        f"train.output_dir={out}",
+        "data.name=shapes",
+        "data.resolution=16",
+        "data.max_samples=16",
+        "model.width=8",
+        "model.norm_num_groups=4",
+        "model.depths=[1, 2, 1, 1]",
+        "train.batch_size=4",
+        "train.log_every=1",
+        "train.checkpointing_steps=1",
+        "train.checkpoints_total_limit=null",
+        "optim.warmup_steps=2",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.widht=8", "model.widht"),
+        ("finetune.steps=1.5", "finetune.steps"),
+        ("model.mask_ratio=1.5", "model.mask_ratio"),
+        ("model.norm_num_groups=5", "model.norm_num_groups"),
+        ("data.resolution=30", "data.resolution"),
+        ("data.name=webdataset", "data.name"),
+    ],
+)
+def test_config_errors_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_mae_config(None, [override])
+
+
+def test_shipped_mae_recipes_load(tmp_path):
+    recipes = sorted((ROOT / "recipes" / "mae").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert load_mae_config(recipe).train.max_steps > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  mask_ratoi: 0.5\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*model\.mask_ratoi"):
+        load_mae_config(bad)
+
+
+def test_cli_bad_override_is_a_clear_error(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_mae", ROOT / "scripts" / "train_mae.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["model.mask_ratio=2"])
+    assert exit_info.value.code == 2 and "model.mask_ratio" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """2 pretraining + 2 fine-tune steps (shapes has labels) in one go."""
+    out = tmp_path_factory.mktemp("mae_straight")
+    train_mae(load_mae_config(None, tiny_overrides(out, "train.max_steps=2", "finetune.steps=2")))
+    return out
+
+
+def test_train_mae_writes_checkpoints_logs_and_a_loadable_model(straight_run):
+    lines = [json.loads(line) for line in (straight_run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4]
+    assert [x["phase"] for x in lines] == ["pretrain", "pretrain", "finetune", "finetune"]
+    assert "ce_loss" in lines[-1] and "ce_loss" not in lines[0]
+    assert lines[2]["lr"] == pytest.approx(2e-4)  # finetune.learning_rate from the boundary on
+    assert [p.name for p in list_checkpoints(straight_run / "checkpoints")] == [
+        f"checkpoint-{i}" for i in (1, 2, 3, 4)
+    ]
+    assert (straight_run / "checkpoints" / "checkpoint-4" / "mae" / WEIGHTS).is_file()
+    assert (straight_run / MAE_PRETRAINED_SUBDIR / WEIGHTS).is_file()
+    assert not [p for p in straight_run.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]
+    enc = MAEFeatures(straight_run)  # the run folder resolves to its mae/ subfolder
+    assert enc.model.config.num_classes == 18 and enc.model.config.sample_size == 16
+    feats = enc(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert enc.maps == ["s1.out", "s2.out", "s3.out", "s4.out"]  # depths [1, 2, 1, 1]: outputs only
+    assert feats["mae.s2.out/loc"].shape == (2, 4 * 4, 16)
+    assert all(torch.isfinite(v).all() for v in feats.values())
+
+
+def test_resume_continues_exactly_across_the_finetune_boundary(straight_run, tmp_path):
+    """4 steps straight == 3 steps (the phase switch included), stop, resume, 1 more step."""
+    out = tmp_path / "resumed"
+    train_mae(load_mae_config(None, tiny_overrides(out, "train.max_steps=2", "finetune.steps=1")))
+    train_mae(
+        load_mae_config(
+            None,
+            tiny_overrides(
+                out, "train.max_steps=2", "finetune.steps=2", "train.resume_from_checkpoint=latest"
+            ),
+        )
+    )
+    for name in (f"mae/{WEIGHTS}", "ema.safetensors", "optimizer.safetensors"):
+        straight = load_file(str(straight_run / "checkpoints" / "checkpoint-4" / name))
+        resumed = load_file(str(out / "checkpoints" / "checkpoint-4" / name))
+        assert straight.keys() == resumed.keys()
+        for key in straight:
+            torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=f"{name}:{key}")
+    final_a = load_file(str(straight_run / MAE_SUBDIR / WEIGHTS))
+    final_b = load_file(str(out / MAE_SUBDIR / WEIGHTS))
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    online = load_file(str(straight_run / "checkpoints" / "checkpoint-4" / "mae" / WEIGHTS))
+    assert any(not torch.equal(online[k], final_a[k]) for k in online)  # EMA != online: can fail
+
+
+def test_latent_space_mae_trains_on_vae_latents(tmp_path):
+    vae_dir = tmp_path / "vae"
+    tiny_vae(scaling_factor=0.7, shift_factor=0.05).save_pretrained(vae_dir)
+    cfg = load_mae_config(
+        None,
+        tiny_overrides(
+            tmp_path / "run", f"model.vae={vae_dir}", "model.stem_patch_size=1", "train.max_steps=1"
+        ),
+    )
+    enc = MAEFeatures(train_mae(cfg))
+    assert enc.model.config.in_channels == 4 and enc.model.config.sample_size == 8
+    assert enc.model.config.num_classes == 0  # finetune.steps=0: no head
+    feats = enc(torch.randn(2, 4, 8, 8))
+    assert feats["mae.s1.out/loc"].shape == (2, 64, 8)
