@@ -5,8 +5,9 @@ encoded) and of forward + backward to the input (how generated samples are encod
 feature keys and the total feature size per image (sum of L*D over keys), and both times as a ratio
 to the raw-features baseline. Each figure is the median of --repeats timed calls after --warmup
 untimed ones. Random weights wherever the real ones are not shipped offline: the cost of a network
-does not depend on its weights, so the ConvNeXt-V2-tiny and SD-VAE rows use their real architecture
-sizes built from configs (no download).
+does not depend on its weights, so the ConvNeXt-V2-tiny, MAE and SD-VAE rows use their real
+architecture sizes built from configs (no download). Ratios are to the built-in EfficientNet-Lite0
+at 32 px, measured in the same process.
 
     python scripts/bench_encoders.py                   # the table (CPU, 2 threads: about 2 minutes)
     python scripts/bench_encoders.py --batch-size 16 --no-large --device cuda
@@ -27,8 +28,12 @@ from t2i_drift.models.feature_encoders import (
     DecodedLatentFeatures,
     EfficientNetLite0Features,
     HubVisionFeatures,
+    MAEFeatures,
     RawFeatures,
 )
+from t2i_drift.models.mae_resnet import ResNetMAE
+
+BASELINE = "EfficientNet-Lite0 @32 (baseline)"
 
 # ConvNeXt-V2 (hidden sizes, depths): a test-sized random one and the real tiny architecture.
 CONVNEXT_SMALL = ((16, 32, 64, 128), (1, 1, 2, 1))
@@ -114,13 +119,19 @@ def encoder_rows(folder: str, batch: int, res: int, large: bool) -> list[tuple]:
     px = f"3x{res}x{res}"
     effnet64 = EfficientNetLite0Features(input_size=64)
     rows = [
-        ("raw (baseline)", px, RawFeatures, pixels),
-        ("EfficientNet-Lite0 @32", px, lambda: EfficientNetLite0Features(input_size=32), pixels),
+        ("raw output", px, RawFeatures, pixels),
+        (BASELINE, px, lambda: EfficientNetLite0Features(input_size=32), pixels),
         ("EfficientNet-Lite0 @64", px, lambda: effnet64, pixels),
         (
             "ConvNeXt-V2 tiny-random (16..128, 1-1-2-1) @64",
             px,
             lambda: HubVisionFeatures(convnextv2(folder, CONVNEXT_SMALL, 64)),
+            pixels,
+        ),
+        (
+            "ResNet-MAE width 32 (recipes/mae), all 9 maps",
+            px,
+            lambda: MAEFeatures(ResNetMAE(sample_size=res, width=32, norm_num_groups=8)),
             pixels,
         ),
         (
@@ -143,6 +154,18 @@ def encoder_rows(folder: str, batch: int, res: int, large: bool) -> list[tuple]:
                 px,
                 lambda: HubVisionFeatures(convnextv2(folder, CONVNEXT_TINY, 224)),
                 pixels,
+            ),
+            (
+                "ResNet-MAE width 256 (paper), all 9 maps",
+                px,
+                lambda: MAEFeatures(ResNetMAE(sample_size=res, width=256)),
+                pixels,
+            ),
+            (
+                "ResNet-MAE width 256 on SD latents of 256 px",
+                "4x32x32",
+                lambda: MAEFeatures(ResNetMAE(in_channels=4, sample_size=32, width=256, stem_patch_size=1)),
+                torch.randn(batch, 4, 32, 32),
             ),
             (
                 "VAE SD-size (f8) + EffNet @64",
@@ -178,15 +201,16 @@ def main() -> None:
             results.append((name, shape, stats))
             print(f"measured {name}: {stats['fwd']:.3g} / {stats['bwd']:.3g} ms/img", flush=True)
 
-    base = results[0][2]
+    # Baseline: the built-in EfficientNet-Lite0 at 32 px (the raw row is a flatten, ~1 us).
+    base = next(stats for name, _, stats in results if name == BASELINE)
     threads = torch.get_num_threads()
     print(f"\nbatch {args.batch_size}, {threads} threads, {args.device}, median of {args.repeats}\n")
-    print("| encoder | input | keys | dims/img | fwd ms/img | fwd+bwd ms/img | fwd x raw | fwd+bwd x raw |")
+    print("| encoder | input | keys | dims/img | fwd ms/img | fwd+bwd ms/img | fwd x base | fwd+bwd x base |")
     print("|---|---|--:|--:|--:|--:|--:|--:|")
     for name, shape, s in results:
         print(
             f"| {name} | {shape} | {s['keys']} | {s['dims']:,} | {s['fwd']:.3g} | {s['bwd']:.3g} "
-            f"| {s['fwd'] / base['fwd']:,.0f} | {s['bwd'] / base['bwd']:,.0f} |"
+            f"| {s['fwd'] / base['fwd']:.2g} | {s['bwd'] / base['bwd']:.2g} |"
         )
 
 
