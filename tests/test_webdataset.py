@@ -309,3 +309,27 @@ def test_two_process_training_splits_shards_and_reports_every_process_skips(tmp_
     assert skipped["counts"] == {"undecodable image": 4}, skipped
     urls = " ".join(skipped["examples"]["undecodable image"])
     assert all(f"d-{s}.tar" in urls for s in range(3))  # examples are capped at 3
+
+
+def test_streamed_training_resumes_exactly(clean, tmp_path):
+    """2 steps straight == 1 step, stop, resume, 1 more, on shards: the resumed run skips the batch
+    it already consumed in the epoch (the stream is deterministic for a seed and epoch)."""
+    from safetensors.torch import load_file
+
+    from t2i_drift.training.config import load_config
+    from t2i_drift.training.trainer import train
+
+    root, _ = clean
+    base = [
+        "data.name=webdataset", f"data.path={root}/clean-{{00..03}}.tar", "data.shuffle_buffer=8",
+        "train.batch_size=4", "features.effnet=false",
+    ]  # fmt: skip
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(load_config(RECIPE, [*base, f"train.output_dir={straight}", "train.max_steps=2"]))
+    train(load_config(RECIPE, [*base, f"train.output_dir={resumed}", "train.max_steps=1"]))
+    train(load_config(RECIPE, [*base, f"train.output_dir={resumed}", "train.max_steps=2",
+                               "train.resume_from_checkpoint=latest"]))  # fmt: skip
+    weights = "checkpoints/checkpoint-2/transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(str(straight / weights)), load_file(str(resumed / weights))
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=key)
