@@ -194,3 +194,16 @@ def resolve_resume(value: str | None, checkpoint_root: Path) -> Path | None:
     if not (path / "trainer_state.json").is_file():
         raise ValueError(f"train.resume_from_checkpoint={value!r} is not a checkpoint folder")
     return path
+
+
+def resume_if_requested(
+    value: str | None, checkpoint_root: Path, log=print, **load_kwargs: Any
+) -> TrainerState:
+    """Where a run starts: step 0, or the checkpoint ``value`` names (``latest``: the newest under
+    ``checkpoint_root``, none yet: step 0) restored with :func:`load_checkpoint` (``load_kwargs``)."""
+    path = resolve_resume(value, checkpoint_root)
+    if path is None:
+        return TrainerState(step=0, epoch=0, batches_in_epoch=0)
+    state = load_checkpoint(path, **load_kwargs)
+    log(f"resumed from {path} at step {state.step}")
+    return state

@@ -46,13 +46,12 @@ from t2i_drift.training.builders import (
 )
 from t2i_drift.training.checkpoint import (
     CHECKPOINT_PREFIX,
-    TrainerState,
-    load_checkpoint,
     prune_checkpoints,
-    resolve_resume,
+    resume_if_requested,
     save_checkpoint,
 )
 from t2i_drift.training.config import save_config
+from t2i_drift.training.ema import make_ema
 from t2i_drift.training.mae_config import MAEConfig
 from t2i_drift.training.trainer import peak_memory_mb
 
@@ -163,31 +162,22 @@ def train_mae(cfg: MAEConfig) -> Path:
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     unwrapped: ResNetMAE = accelerator.unwrap_model(model)
-    ema = EMAModel(
-        unwrapped.parameters(),
-        decay=cfg.optim.ema_decay,
-        use_ema_warmup=cfg.optim.ema_warmup,
-        model_cls=ResNetMAE,
-        model_config=unwrapped.config,
-    )
-    ema.to(accelerator.device)
+    ema = make_ema(unwrapped, cfg.optim, accelerator.device)
 
     # --- resume ---
     ckpt_root = out_dir / "checkpoints"
-    state = TrainerState(step=0, epoch=0, batches_in_epoch=0)
-    resume = resolve_resume(cfg.train.resume_from_checkpoint, ckpt_root)
-    if resume is not None:
-        state = load_checkpoint(
-            resume,
-            model=unwrapped,
-            ema=ema,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            process_index=accelerator.process_index,
-            generators={"mask": rng},
-            model_subfolder=MAE_SUBDIR,
-        )
-        accelerator.print(f"resumed from {resume} at step {state.step}")
+    state = resume_if_requested(
+        cfg.train.resume_from_checkpoint,
+        ckpt_root,
+        log=accelerator.print,
+        model=unwrapped,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        process_index=accelerator.process_index,
+        generators={"mask": rng},
+        model_subfolder=MAE_SUBDIR,
+    )
 
     n_params = sum(p.numel() for p in unwrapped.parameters())
     accelerator.print(

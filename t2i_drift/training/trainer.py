@@ -29,7 +29,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -54,13 +53,12 @@ from t2i_drift.training.builders import (
 )
 from t2i_drift.training.checkpoint import (
     CHECKPOINT_PREFIX,
-    TrainerState,
-    load_checkpoint,
     prune_checkpoints,
-    resolve_resume,
+    resume_if_requested,
     save_checkpoint,
 )
 from t2i_drift.training.config import Config, save_config
+from t2i_drift.training.ema import make_ema
 from t2i_drift.training.export import SAMPLE_GRID_NAME, export_pipeline
 
 PIPELINE_SUBDIR = "pipeline"
@@ -192,30 +190,21 @@ def train(cfg: Config) -> Path:
     else:
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     unwrapped: DriftingTransformer2DModel = accelerator.unwrap_model(model)
-    ema = EMAModel(
-        unwrapped.parameters(),
-        decay=cfg.optim.ema_decay,
-        use_ema_warmup=cfg.optim.ema_warmup,
-        model_cls=DriftingTransformer2DModel,
-        model_config=unwrapped.config,
-    )
-    ema.to(accelerator.device)
+    ema = make_ema(unwrapped, cfg.optim, accelerator.device)
 
     # --- resume ---
     ckpt_root = out_dir / "checkpoints"
-    state = TrainerState(step=0, epoch=0, batches_in_epoch=0)
-    resume = resolve_resume(cfg.train.resume_from_checkpoint, ckpt_root)
-    if resume is not None:
-        state = load_checkpoint(
-            resume,
-            model=unwrapped,
-            ema=ema,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            process_index=accelerator.process_index,
-            generators={"train": rng},
-        )
-        accelerator.print(f"resumed from {resume} at step {state.step}")
+    state = resume_if_requested(
+        cfg.train.resume_from_checkpoint,
+        ckpt_root,
+        log=accelerator.print,
+        model=unwrapped,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        process_index=accelerator.process_index,
+        generators={"train": rng},
+    )
 
     n_params = sum(p.numel() for p in unwrapped.parameters())
     pairs = "streamed" if streaming else len(dataset)
