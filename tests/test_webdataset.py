@@ -185,6 +185,9 @@ def test_url_forms_brace_list_pipe_and_http(clean):
         server.shutdown()
     batches, log = drain(WebDatasetImageText("pipe:exit 3", batch_size=1, resolution=8))
     assert not batches and log.counts["unreadable shard or tar member"] == 1
+    # Resampled, a source whose every shard fails would never end: it gives up with an error.
+    with pytest.raises(ValueError, match="100 shard reads failed in a row"):
+        drain(WebDatasetImageText(f"{root}/missing-{{0..3}}.tar", batch_size=1, resolution=8, resampled=True))
 
 
 def test_split_by_node_and_worker_covers_each_sample_once(clean, monkeypatch):

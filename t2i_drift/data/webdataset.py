@@ -121,22 +121,28 @@ class WebDatasetImageText(StreamingImageTextDataset):
         return wds.split_by_worker(wds.split_by_node({"url": u} for u in urls))
 
     def records(self, log: SkipLog) -> Iterator[Record]:
+        # A resampled stream never ends, so a source whose every shard fails would spin forever
+        # without a batch: give up after this many failures in a row with no sample between.
+        give_up = max(100, 10 * len(self.urls))
+        failures = [0]
+
         def on_error(exn: Exception) -> bool:
             # webdataset appends (stream, url) to the exception's args; keep the URL.
             url = exn.args[-1] if len(exn.args) > 1 and isinstance(exn.args[-1], str) else "?"
-            log.add(
-                "unreadable shard or tar member",
-                f"{url}: {type(exn).__name__}: {exn.args[0] if exn.args else ''}",
-            )
+            detail = exn.args[0] if exn.args else ""
+            log.add("unreadable shard or tar member", f"{url}: {type(exn).__name__}: {detail}")
+            failures[0] += 1
+            if failures[0] >= give_up:
+                raise ValueError(f"data.path: {failures[0]} shard reads failed in a row ({log.report()})")
             return True  # skip the rest of this shard, keep going
 
         samples = wds.tarfile_to_samples(handler=on_error)(self.shards())
         if self.shuffle_buffer > 0:
             rng = random.Random(self.worker_seed())
-            samples = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(
-                samples
-            )
+            initial = min(100, self.shuffle_buffer)
+            samples = wds.shuffle(self.shuffle_buffer, initial=initial, rng=rng)(samples)
         for sample in samples:
+            failures[0] = 0
             yield from self._record(sample, log)
 
     def _record(self, sample: dict, log: SkipLog) -> Iterator[Record]:
