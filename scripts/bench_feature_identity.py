@@ -4,7 +4,8 @@
 For 16 real images (32x32; OpenMoji, or the shapes set with ``--data shapes``), optimize free
 pixel tensors (G per image, no generator) with Adam for N steps under a loss built from one
 feature space, and print the pixel MSE to the paired image ("own") and to another image
-("other", the baseline a useless loss stays near). Losses:
+("other", the baseline a useless loss stays near), and how hard the loss pushes the pixels at
+the start (grad0: RMS of its gradient). Losses:
     drift:   the t2i drifting loss (METHOD.md sections 3 and 7: group = image, one positive)
     feat-mse: plain feature matching, sum over keys of mean((f(x) - f(y))^2) / var(f(y))
 
@@ -36,7 +37,7 @@ SPACES = {
 
 def probe(
     space: str, loss_kind: str, steps: int, samples: int, lr: float, data_name: str = "openmoji", mae=None
-) -> list[tuple[int, float, float]]:
+) -> tuple[list[tuple[int, float, float]], float]:
     torch.manual_seed(0)
     if data_name == "shapes":
         data = ShapesDataset("train", resolution=32, renders_per_scene=1)
@@ -67,8 +68,10 @@ def probe(
             rows.append((step, own, other))
         opt.zero_grad()
         loss.backward()
+        if step == 0:  # how hard this space pushes the pixels at the start (RMS of d loss / d x)
+            grad0 = x.grad.pow(2).mean().sqrt().item()
         opt.step()
-    return rows
+    return rows, grad0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,13 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.startswith("mae") for s in args.spaces) and args.mae is None:
         parser.error("--spaces mae / mae+raw need --mae FOLDER (scripts/train_mae.py output)")
     print(
-        f"{'space':<10} {'loss':<9} " + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
+        f"{'space':<10} {'loss':<9} "
+        + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
+        + " grad0 (RMS of d loss/d pixels at step 0)"
     )
     for space in args.spaces:
         for kind in ("drift", "feat-mse"):
-            rows = probe(space, kind, args.steps, args.samples, args.lr, args.data, args.mae)
+            rows, grad0 = probe(space, kind, args.steps, args.samples, args.lr, args.data, args.mae)
             print(
-                f"{space:<10} {kind:<9} " + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in rows),
+                f"{space:<10} {kind:<9} "
+                + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in rows)
+                + f" {grad0:9.2e}",
                 flush=True,
             )
     return 0
