@@ -32,7 +32,7 @@ import webdataset as wds
 from safetensors.torch import load as load_safetensors
 
 from t2i_drift.data.images import SkipLog
-from t2i_drift.data.streaming import Record, StreamingImageTextDataset, distributed_rank_world
+from t2i_drift.data.streaming import Record, StreamingImageTextDataset
 
 FEATURES_MEMBER = "t2i.safetensors"
 """Member name (extension) of precomputed per-sample tensors written by scripts/cache_features.py."""
@@ -111,9 +111,9 @@ class WebDatasetImageText(StreamingImageTextDataset):
     def shards(self) -> Iterator[dict]:
         """This process's and worker's shard URLs for the current epoch, as webdataset dicts."""
         if self.resampled:
-            rank, _ = distributed_rank_world()
-            # deterministic: the seed combines epoch, rank and worker (webdataset's worker seed).
-            source = wds.ResampledShards(self.urls, seed=self.seed * 1_000_003 + rank, deterministic=True)
+            # deterministic: webdataset combines this seed with the epoch and its worker seed
+            # (rank * 1000 + worker), so every process and worker draws its own sequence.
+            source = wds.ResampledShards(self.urls, seed=self.seed, deterministic=True)
             source.epoch = self.epoch - 1  # ResampledShards increments it at iterator start
             return iter(source)
         urls = list(self.urls)

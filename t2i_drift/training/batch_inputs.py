@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from t2i_drift.data.feature_cache import FEATURE_PREFIX, cache_meta, module_key, usable_cached
+from t2i_drift.data.feature_cache import FEATURE_PREFIX, TEXT_TENSORS, cache_meta, module_key, usable_cached
 from t2i_drift.text.cache import encoder_key
 from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_text
 from t2i_drift.training.builders import encode_latents
@@ -140,7 +140,7 @@ class BatchInputs:
             caption_ids = batch["caption_id"].to(self.device)
             if usable["text"]:
                 length = sum(self.slots[s].max_length for s in self.token_sources)
-                tensors = pad_tokens({k: batch[k] for k in ("embeds", "mask", "pooled")}, length)
+                tensors = pad_tokens({k: batch[k] for k in TEXT_TENSORS}, length)
                 text = TextEmbeddings(
                     tensors["embeds"].float(), tensors["mask"], tensors["pooled"].float()
                 ).to(self.device)

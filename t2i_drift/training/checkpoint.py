@@ -207,3 +207,22 @@ def resume_if_requested(
     state = load_checkpoint(path, **load_kwargs)
     log(f"resumed from {path} at step {state.step}")
     return state
+
+
+def save_and_prune(accelerator: Any, checkpoint_root: Path, keep: int | None, **save_kwargs: Any) -> Path:
+    """Every process writes its part of ``checkpoint-<step>`` (:func:`save_checkpoint` with
+    ``save_kwargs``, step from ``state``) between two barriers; then the main process deletes all
+    but the newest ``keep`` checkpoints. ``accelerator``: anything with ``wait_for_everyone``,
+    ``process_index`` and ``is_main_process`` (an Accelerate ``Accelerator``)."""
+    path = checkpoint_root / f"{CHECKPOINT_PREFIX}{save_kwargs['state'].step}"
+    accelerator.wait_for_everyone()
+    save_checkpoint(
+        path,
+        process_index=accelerator.process_index,
+        is_main_process=accelerator.is_main_process,
+        **save_kwargs,
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        prune_checkpoints(checkpoint_root, keep)
+    return path

@@ -45,10 +45,8 @@ from t2i_drift.training.builders import (
     vae_scale_factor,
 )
 from t2i_drift.training.checkpoint import (
-    CHECKPOINT_PREFIX,
-    prune_checkpoints,
     resume_if_requested,
-    save_checkpoint,
+    save_and_prune,
 )
 from t2i_drift.training.config import save_config
 from t2i_drift.training.ema import make_ema
@@ -240,23 +238,19 @@ def train_mae(cfg: MAEConfig) -> Path:
                     metrics_file.write(json.dumps(line) + "\n")
                     metrics_file.flush()
             if state.step % cfg.train.checkpointing_steps == 0 or state.step == total_steps:
-                accelerator.wait_for_everyone()
-                save_checkpoint(
-                    ckpt_root / f"{CHECKPOINT_PREFIX}{state.step}",
+                save_and_prune(
+                    accelerator,
+                    ckpt_root,
+                    cfg.train.checkpoints_total_limit,
                     model=unwrapped,
                     ema=ema,
                     optimizer=optimizer,
                     scheduler=scheduler,
                     state=state,
                     config=cfg.to_dict(),
-                    process_index=accelerator.process_index,
-                    is_main_process=main,
                     generators={"mask": rng},
                     model_subfolder=MAE_SUBDIR,
                 )
-                accelerator.wait_for_everyone()
-                if main:
-                    prune_checkpoints(ckpt_root, cfg.train.checkpoints_total_limit)
             if state.step >= total_steps:
                 break
         else:

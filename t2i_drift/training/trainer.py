@@ -52,10 +52,8 @@ from t2i_drift.training.builders import (
     load_vae,
 )
 from t2i_drift.training.checkpoint import (
-    CHECKPOINT_PREFIX,
-    prune_checkpoints,
     resume_if_requested,
-    save_checkpoint,
+    save_and_prune,
 )
 from t2i_drift.training.config import Config, save_config
 from t2i_drift.training.ema import make_ema
@@ -268,23 +266,18 @@ def train(cfg: Config) -> Path:
                     metrics_file.write(json.dumps(stats) + "\n")
                     metrics_file.flush()
             if state.step % cfg.train.checkpointing_steps == 0 or state.step == cfg.train.max_steps:
-                accelerator.wait_for_everyone()
-                path = ckpt_root / f"{CHECKPOINT_PREFIX}{state.step}"
-                save_checkpoint(
-                    path,
+                save_and_prune(
+                    accelerator,
+                    ckpt_root,
+                    cfg.train.checkpoints_total_limit,
                     model=unwrapped,
                     ema=ema,
                     optimizer=optimizer,
                     scheduler=scheduler,
                     state=state,
                     config=cfg.to_dict(),
-                    process_index=accelerator.process_index,
-                    is_main_process=main,
                     generators={"train": rng},
                 )
-                accelerator.wait_for_everyone()
-                if main:
-                    prune_checkpoints(ckpt_root, cfg.train.checkpoints_total_limit)
             if state.step >= cfg.train.max_steps:
                 break
         else:
