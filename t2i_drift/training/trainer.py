@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
-from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -175,12 +174,10 @@ def train(cfg: Config) -> Path:
         source=f"data.path={cfg.data.path!r}",
     )
     optimizer = build_optimizer(model, cfg)
-    scheduler = get_scheduler(
-        "constant_with_warmup",
-        optimizer,
-        num_warmup_steps=cfg.optim.warmup_steps,
-        num_training_steps=cfg.train.max_steps,
-    )
+    # Linear warm-up that starts at lr / warmup_steps (diffusers' constant_with_warmup starts at 0,
+    # which made the first optimizer step a no-op).
+    warmup = max(cfg.optim.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     if streaming:
         # A stream splits itself between processes and workers (data/streaming.py); Accelerate
         # would dispatch or re-shard it.
