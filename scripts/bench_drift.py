@@ -1,17 +1,19 @@
-"""Benchmark the batched, chunked drifting field against a straightforward per-group loop.
+"""Benchmark the batched, chunked drifting field against the per-group reference implementation.
 
-For each size it prints, in one run: wall time (median of --repeats), speed-up over the loop, peak
-extra memory, and the max abs difference relative to the loop's largest value. The reference is
-written here, independently of the library: a Python loop over groups doing METHOD.md sections 2
-and 3 with plain tensor ops (one group and one temperature at a time).
+For each size it prints, in one run: wall time (median of --repeats), speed-up over the reference,
+peak extra memory, and the max abs difference relative to the reference's largest value. The
+reference is :mod:`t2i_drift.drifting.reference`: a Python loop over groups and temperatures doing
+docs/method.md sections 2 and 3 with plain tensor ops, in float32 here by default so that the
+timing compares like with like (``--reference-dtype float64`` for the accuracy column alone).
 
 Peak memory on CUDA is ``torch.cuda.max_memory_allocated`` above the inputs. On CPU (Linux) each
 (size, method) runs once more in a fresh subprocess and reports the growth of its peak resident
 set (VmHWM, reset after the inputs exist and torch is warmed up): the allocator returns large
 blocks to the OS, so this is the peak working memory of the call.
 
-    python scripts/bench_drift.py                       # the README table (CPU, about 2 minutes)
+    python scripts/bench_drift.py                       # the docs/benchmarks.md table (CPU, about 2 minutes)
     python scripts/bench_drift.py --device cuda --budget-mb 1024
+    python scripts/bench_drift.py --sizes 256,8,15,1,64 --repeats 1 --no-memory   # a quick check
 """
 
 from __future__ import annotations
@@ -25,73 +27,46 @@ import time
 
 import torch
 
-from t2i_drift.drifting import compute_drift
+from t2i_drift.drifting import DriftGroups, DriftOptions, evaluate_drift
 from t2i_drift.drifting.chunking import bytes_per_group, plan_chunks
+from t2i_drift.drifting.reference import reference_drift
 
-# (G groups, n generated, m extra negatives, p positives, D): m + p as named in the issue.
-SIZES: list[tuple[int, int, int, int, int]] = [
+Size = tuple[int, int, int, int, int]  # (groups, n generated, m extra negatives, p positives, D)
+SIZES: list[Size] = [
     (4096, 16, 31, 1, 256),  # many small groups: per-location features, one positive per prompt
     (1024, 8, 63, 1, 64),
     (256, 32, 44, 4, 512),
     (64, 64, 95, 1, 1024),  # few large groups: global features of a big batch
 ]
 TEMPERATURES = (0.02, 0.05, 0.2)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def make_inputs(size: tuple[int, int, int, int, int], device: str, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    G, n, m, p, D = size
+def make_inputs(size: Size, device: str, seed: int = 0) -> DriftGroups:
+    """Random groups of one key: gen [groups, n, D], pos [groups, p, D], neg [groups, m, D], w."""
+    num_groups, n, m, p, D = size
     g = torch.Generator().manual_seed(seed)
-    gen = torch.randn(G, n, D, generator=g)
-    pos = torch.randn(G, p, D, generator=g) + 0.1
-    neg = torch.randn(G, m, D, generator=g) - 0.1
-    w = torch.rand(G, m, generator=g) * 2.0
-    return tuple(t.to(device) for t in (gen, pos, neg, w))
+    gen = torch.randn(num_groups, n, D, generator=g)
+    pos = torch.randn(num_groups, p, D, generator=g) + 0.1
+    neg = torch.randn(num_groups, m, D, generator=g) - 0.1
+    w = torch.rand(num_groups, m, generator=g) * 2.0
+    gen, pos, neg, w = (t.to(device) for t in (gen, pos, neg, w))
+    return DriftGroups(gen, pos, neg, w)
 
 
-def reference_loop(
-    gen: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, w: torch.Tensor, taus=TEMPERATURES
+def run_method(
+    method: str,
+    inputs: DriftGroups,
+    budget: int | None,
+    compile: bool = False,
+    reference_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """METHOD.md sections 2-3, one group and one temperature at a time, plain tensor ops."""
-    G, n, D = gen.shape
-    # Section 3 scale: weighted mean over all pairs of all groups (self pairs included).
-    num = torch.zeros((), device=gen.device)
-    den = torch.zeros((), device=gen.device)
-    for g in range(G):
-        t = torch.cat([gen[g], neg[g], pos[g]])
-        wt = torch.cat([torch.ones(n, device=gen.device), w[g], torch.ones(pos.shape[1], device=gen.device)])
-        d = torch.cdist(gen[g], t).clamp_min(1e-4)
-        num = num + (d * wt).sum()
-        den = den + wt.sum() * n
-    scale = num / den
-    s_in = torch.clamp(scale / D**0.5, min=1e-3)
-    unit = torch.clamp(scale, min=1e-3)
-    fields = {tau: [] for tau in taus}
-    for g in range(G):
-        x = gen[g] / s_in
-        t = torch.cat([gen[g], neg[g], pos[g]]) / s_in
-        wt = torch.cat([torch.ones(n, device=gen.device), w[g], torch.ones(pos.shape[1], device=gen.device)])
-        is_pos = torch.arange(t.shape[0], device=gen.device) >= n + neg.shape[1]
-        d = torch.cdist(gen[g], torch.cat([gen[g], neg[g], pos[g]])).clamp_min(1e-4) / unit
-        d[:, :n] += 100.0 * torch.eye(n, device=gen.device)
-        for tau in taus:
-            logits = -d / tau
-            a = torch.sqrt(torch.clamp(logits.softmax(1) * logits.softmax(0), min=1e-6)) * wt
-            s_pos = (a * is_pos).sum(1, keepdim=True)
-            s_neg = (a * ~is_pos).sum(1, keepdim=True)
-            coeff = torch.where(is_pos, a * s_neg, -a * s_pos)
-            fields[tau].append(coeff @ t - coeff.sum(1, keepdim=True) * x)
-    out = torch.zeros_like(gen)
-    for tau in taus:
-        v = torch.stack(fields[tau])
-        out += v / torch.sqrt(torch.clamp(v.square().mean(), min=1e-8))
-    return out
-
-
-def run_method(method: str, inputs: tuple[torch.Tensor, ...], budget: int | None, compile: bool = False):
-    gen, pos, neg, w = inputs
+    """The normalized field [groups, n, D] by ``method`` ("loop": the reference, "field": the library)."""
     if method == "loop":
-        return reference_loop(gen, pos, neg, w)
-    return compute_drift(gen, pos, neg, w, TEMPERATURES, memory_budget=budget, compile=compile).field
+        options = DriftOptions(temperatures=TEMPERATURES)
+        return reference_drift({"": inputs}, options, dtype=reference_dtype)[""].field
+    options = DriftOptions(temperatures=TEMPERATURES, memory_budget=budget, compile=compile)
+    return evaluate_drift({"": inputs}, options)[""].field
 
 
 def _sync(device: str) -> None:
@@ -99,19 +74,28 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_method(method, inputs, budget, device, repeats, compile=False) -> tuple[float, torch.Tensor]:
-    out = run_method(method, inputs, budget, compile)  # warm-up (and compilation)
+def time_method(
+    method: str,
+    inputs: DriftGroups,
+    budget: int | None,
+    device: str,
+    repeats: int,
+    compile: bool = False,
+    reference_dtype: torch.dtype = torch.float32,
+) -> tuple[float, torch.Tensor]:
+    """Median wall time of ``repeats`` calls (after a warm-up call) and the last output."""
+    out = run_method(method, inputs, budget, compile, reference_dtype)  # warm-up (and compilation)
     times = []
     for _ in range(repeats):
         _sync(device)
         start = time.perf_counter()
-        out = run_method(method, inputs, budget, compile)
+        out = run_method(method, inputs, budget, compile, reference_dtype)
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
 
 
-def peak_extra_bytes(size, method: str, budget: int | None, device: str, compile: bool = False) -> int:
+def peak_extra_bytes(size: Size, method: str, budget: int | None, device: str, compile: bool = False) -> int:
     """Peak working memory of one call above the inputs (see the module docstring)."""
     if device.startswith("cuda"):
         inputs = make_inputs(size, device)
@@ -164,6 +148,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--compile", action="store_true", help="add a torch.compile row per size")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=None,
+        metavar="GROUPS,n,m,p,D",
+        help="sizes to run instead of the docs/benchmarks.md table's, e.g. 256,8,15,1,64",
+    )
+    parser.add_argument(
+        "--reference-dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="precision of the per-group reference (float32: a like-for-like timing baseline)",
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -172,42 +169,65 @@ def main() -> None:
         _measure_in_this_process(args.measure)
         return
     budget = int(args.budget_mb * 2**20)
+    sizes = SIZES if args.sizes is None else [_parse_size(text, parser) for text in args.sizes]
+    reference_dtype = DTYPES[args.reference_dtype]
     methods = [("loop", None, False), ("batched", None, False), ("chunked", budget, False)]
     if args.compile:
         methods.append(("chunked+compile", budget, True))
     print(
         f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
-        f"budget={args.budget_mb:g} MiB temperatures={TEMPERATURES}"
+        f"budget={args.budget_mb:g} MiB temperatures={TEMPERATURES} reference={args.reference_dtype}"
     )
-    columns = ["G", "n", "m+p", "D", "method", "chunks", "time (ms)", "speed-up vs loop", "peak extra (MiB)"]
+    columns = [
+        "groups",
+        "n",
+        "m+p",
+        "D",
+        "method",
+        "chunks",
+        "time (ms)",
+        "speed-up vs loop",
+        "peak extra (MiB)",
+    ]
     header = "| " + " | ".join([*columns, "max rel diff"]) + " |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
-    for size in SIZES:
-        G, n, m, p, D = size
+    for size in sizes:
+        num_groups, n, m, p, D = size
         inputs = make_inputs(size, args.device)
-        ref_time, ref = time_method("loop", inputs, None, args.device, max(1, args.repeats // 2))
+        ref_repeats = max(1, args.repeats // 2)
+        ref_time, ref = time_method("loop", inputs, None, args.device, ref_repeats, False, reference_dtype)
         for label, method_budget, compile in methods:
             method = "loop" if label == "loop" else "field"
             if label == "loop":
                 t, out = ref_time, ref
             else:
                 t, out = time_method(method, inputs, method_budget, args.device, args.repeats, compile)
-            plan = plan_chunks(G, n, m, p, D, len(TEMPERATURES), method_budget)
+            plan = plan_chunks(num_groups, n, m, p, D, len(TEMPERATURES), method_budget)
             chunks = "-" if label == "loop" else f"{plan.num_chunks}{'' if plan.cache else ' (recompute)'}"
             mem = (
                 "-"
                 if args.no_memory
                 else f"{peak_extra_bytes(size, method, method_budget, args.device, compile) / 2**20:.0f}"
             )
-            diff = (out - ref).abs().max().item() / ref.abs().max().item()
+            diff = (out.double() - ref.double()).abs().max().item() / ref.abs().max().item()
             print(
-                f"| {G} | {n} | {m + p} | {D} | {label} | {chunks} | {t * 1e3:.0f} | {ref_time / t:.1f}x "
-                f"| {mem} | {diff:.1e} |",
+                f"| {num_groups} | {n} | {m + p} | {D} | {label} | {chunks} | {t * 1e3:.0f} "
+                f"| {ref_time / t:.1f}x | {mem} | {diff:.1e} |",
                 flush=True,
             )
-        est = bytes_per_group(n, m, p, D, len(TEMPERATURES)) * G / 2**20
+        est = bytes_per_group(n, m, p, D, len(TEMPERATURES)) * num_groups / 2**20
         print(f"|  |  |  |  | (estimated unchunked working set: {est:.0f} MiB) |  |  |  |  |  |", flush=True)
+
+
+def _parse_size(text: str, parser: argparse.ArgumentParser) -> Size:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 5 or min(values) < 1:
+        parser.error(f"--sizes takes GROUPS,n,m,p,D with five positive integers, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 if __name__ == "__main__":

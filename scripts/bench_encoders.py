@@ -27,10 +27,10 @@ import torch.nn as nn
 from t2i_drift.models.feature_encoders import (
     DecodedLatentFeatures,
     EfficientNetLite0Features,
-    HubVisionFeatures,
     MAEFeatures,
     RawFeatures,
 )
+from t2i_drift.models.hub_features import HubVisionFeatures
 from t2i_drift.models.mae_resnet import ResNetMAE
 
 BASELINE = "EfficientNet-Lite0 @32 (baseline)"

@@ -6,7 +6,7 @@ pixel tensors (G per image, no generator) with Adam for N steps under a loss bui
 feature space, and print the pixel MSE to the paired image ("own") and to another image
 ("other", the baseline a useless loss stays near), and how hard the loss pushes the pixels at
 the start (grad0: RMS of its gradient). Losses:
-    drift:   the t2i drifting loss (METHOD.md sections 3 and 7: group = image, one positive)
+    drift:   the t2i drifting loss (docs/method.md sections 3 and 7: group = image, one positive)
     feat-mse: plain feature matching, sum over keys of mean((f(x) - f(y))^2) / var(f(y))
 
     python scripts/bench_feature_identity.py [--steps 200] [--spaces raw effnet32 effnet128]
@@ -14,7 +14,7 @@ the start (grad0: RMS of its gradient). Losses:
         --spaces raw effnet32 mae mae+raw
 
 A space whose own-MSE does not fall well below other-MSE cannot, by itself, teach a generator the
-caption -> image mapping; the README reports the numbers.
+caption -> image mapping; docs/results.md reports the numbers.
 """
 
 import argparse
@@ -23,7 +23,7 @@ import sys
 import torch
 
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
-from t2i_drift.drifting import text_to_image_drift_loss
+from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
 
 SPACES = {
@@ -54,7 +54,8 @@ def probe(
     for step in range(steps + 1):
         feats = encoder(x)
         if loss_kind == "drift":
-            loss, _ = text_to_image_drift_loss(feats, real_feats, samples, torch.ones(16), idx)
+            options = DriftOptions()
+            loss, _ = text_to_image_drift_loss(feats, real_feats, samples, torch.ones(16), idx, options)
         else:
             loss = sum(
                 ((feats[k].view(16, samples, *feats[k].shape[1:]) - real_feats[k][:, None]) ** 2).mean()

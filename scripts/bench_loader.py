@@ -40,11 +40,10 @@ from torch.utils.data import DataLoader
 from t2i_drift.data.hf import HFImageTextDataset, HFStreamingImageTextDataset
 from t2i_drift.data.openmoji import OpenMojiDataset
 from t2i_drift.data.webdataset import WebDatasetImageText
-from t2i_drift.text.encoders import encode_text
-from t2i_drift.training.builders import load_text_slots
+from t2i_drift.training.builders import build_text_conditioner
 from t2i_drift.training.cache_features import cache_features
 from t2i_drift.training.config import load_config
-from t2i_drift.training.trainer import train
+from t2i_drift.training.runs import train_t2i
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "openmoji_32px.yaml"
 
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     "data.max_samples=256",
                 ],
             )
-            train(cfg)
+            train_t2i(cfg)
             summary = json.loads((root / "run" / "run_summary.json").read_text())
             consumed = summary["samples_per_s"] / cfg.drift.samples_per_prompt  # prompts/s
         parquet, shards = write_sources(root, args.samples)
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_features(cfg, root / "cached", shard_size=128, batch_size=128, progress=False)
         n_cached = len(list((root / "cached").glob("shard-*.tar")))
         cached = f"{root}/cached/shard-000-{{000000..{n_cached - 1:06d}}}.tar"
-        slots, tok, pool = load_text_slots(cfg.text)
+        conditioner = build_text_conditioner(cfg.text)
 
         def loader(source, batch_size=None):
             return DataLoader(source, batch_size=batch_size, num_workers=W, shuffle=False)
@@ -129,8 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         def stream_with_text():
             for batch in loader(WebDatasetImageText(shards, B, R, shuffle_buffer=0)):
                 if batch["caption"]:
-                    with torch.no_grad():
-                        encode_text(slots, batch["caption"], tok, pool)
+                    conditioner.encode(batch["caption"])
                 yield batch
 
         emoji = OpenMojiDataset(split="train", resolution=R, max_samples=args.samples)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the MAE feature encoder (a ResNet masked autoencoder, METHOD.md section 4).
+"""Train the MAE feature encoder (a ResNet masked autoencoder, docs/method.md section 4).
 
     accelerate launch scripts/train_mae.py [--config recipes/mae/NAME.yaml] [--output_dir DIR]
         [--max_steps N] [section.key=value ...]
@@ -13,7 +13,7 @@ import sys
 
 from t2i_drift.training.cli import run_training_cli
 from t2i_drift.training.mae_config import load_mae_config
-from t2i_drift.training.mae_trainer import train_mae
+from t2i_drift.training.runs import train_mae
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Model cards, the Hub layout of a pipeline folder, and uploads.
 
-Two layouts of one exported pipeline (``../shared/DESIGN.md``, diffusers compatibility):
+Two layouts of one exported pipeline (diffusers compatibility):
 
 * the **standard layout** that ``DriftingPipeline.save_pretrained`` writes. Its
   ``model_index.json`` names the transformer by its module path

@@ -7,7 +7,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from t2i_drift.drifting import DriftGroups, compute_drifts
+from t2i_drift.drifting import DriftGroups, DriftOptions, evaluate_drift
 
 
 def _data():
@@ -42,15 +42,15 @@ def _flat(results):
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     part = slice(rank * 3, rank * 3 + 3)  # each process holds 3 of the 6 groups of every key
-    results = compute_drifts(_part(_data(), part), distributed=True, chunk_groups=2)
+    results = evaluate_drift(_part(_data(), part), DriftOptions(distributed=True, chunk_groups=2))
     save_file(_flat(results), f"{out_dir}/rank{rank}.safetensors")
     dist.destroy_process_group()
 
 
 def test_two_processes_equal_one(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ref = _flat(compute_drifts(_data()))
-    local = _flat(compute_drifts(_part(_data(), slice(0, 3))))  # what rank 0 gets without pooling
+    ref = _flat(evaluate_drift(_data()))
+    local = _flat(evaluate_drift(_part(_data(), slice(0, 3))))  # what rank 0 gets without pooling
     parts = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     for name, value in ref.items():
         if name.endswith(".field"):

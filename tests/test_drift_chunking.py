@@ -1,5 +1,5 @@
 """Chunked, key-batched evaluation of the field: the same numbers as one big evaluation, within a
-memory budget (METHOD.md section 3 scalars stay pooled over every chunk and key)."""
+memory budget (docs/method.md section 3 scalars stay pooled over every chunk and key)."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2i_drift.drifting import DriftGroups, compute_drift, compute_drifts, drifting_losses
+from t2i_drift.drifting import DriftGroups, DriftOptions, drifting_loss, evaluate_drift
 from t2i_drift.drifting.chunking import bytes_per_group, cache_bytes, plan_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +28,14 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def _groups(G, n, m, p, D, seed, masked=True):
+def _groups(num_groups, n, m, p, D, seed, masked=True):
     g = torch.Generator().manual_seed(seed)
     return DriftGroups(
-        gen=torch.randn(G, n, D, generator=g),
-        pos=torch.randn(G, p, D, generator=g) - 0.2,
-        neg=torch.randn(G, m, D, generator=g) + 0.3,
-        neg_weights=torch.rand(G, m, generator=g) * 2,
-        neg_mask=(torch.rand(G, m, generator=g) > 0.2) if masked else None,
+        gen=torch.randn(num_groups, n, D, generator=g),
+        pos=torch.randn(num_groups, p, D, generator=g) - 0.2,
+        neg=torch.randn(num_groups, m, D, generator=g) + 0.3,
+        neg_weights=torch.rand(num_groups, m, generator=g) * 2,
+        neg_mask=(torch.rand(num_groups, m, generator=g) > 0.2) if masked else None,
     )
 
 
@@ -65,16 +65,16 @@ def _assert_same(out, ref, exact):
 def test_chunked_equals_unchunked_bitwise(normalize, chunk_groups):
     keys = _keys()
     with one_thread():
-        ref = compute_drifts(keys, normalize=normalize)
-        out = compute_drifts(keys, normalize=normalize, chunk_groups=chunk_groups)
+        ref = evaluate_drift(keys, DriftOptions(normalize=normalize))
+        out = evaluate_drift(keys, DriftOptions(normalize=normalize, chunk_groups=chunk_groups))
     _assert_same(out, ref, exact=True)
 
 
 def test_chunked_equals_unchunked_multithreaded():
     keys = _keys()
-    ref = compute_drifts(keys)
+    ref = evaluate_drift(keys)
     for chunk_groups in (1, 7):
-        _assert_same(compute_drifts(keys, chunk_groups=chunk_groups), ref, exact=False)
+        _assert_same(evaluate_drift(keys, DriftOptions(chunk_groups=chunk_groups)), ref, exact=False)
 
 
 def test_recomputing_pass_equals_cached():
@@ -83,18 +83,17 @@ def test_recomputing_pass_equals_cached():
     plan = plan_chunks(48, 8, 12, 2, 16, 3, memory_budget=4096)
     assert not plan.cache and plan.chunk_groups == 1
     with one_thread():
-        ref = compute_drifts(keys)
-        out = compute_drifts(keys, memory_budget=4096)
+        ref = evaluate_drift(keys)
+        out = evaluate_drift(keys, DriftOptions(memory_budget=4096))
     _assert_same(out, ref, exact=True)
 
 
 def test_batched_keys_equal_separate_keys():
     keys = _keys()
     with one_thread():
-        together = compute_drifts(keys)
+        together = evaluate_drift(keys)
         for name, g in keys.items():
-            alone = compute_drift(g.gen, g.pos, g.neg, g.neg_weights, neg_mask=g.neg_mask)
-            _assert_same({name: alone}, {name: together[name]}, exact=True)
+            _assert_same(evaluate_drift({name: g}), {name: together[name]}, exact=True)
     # Each key keeps its own normalization: the scalars differ between keys of one batch.
     assert not torch.isclose(together["a"].scale, together["b"].scale)
 
@@ -106,21 +105,23 @@ def test_shared_negative_bank_equals_explicit_negatives():
     gen, pos = torch.randn(9, 3, 5, generator=g), torch.randn(9, 1, 5, generator=g)
     w = torch.rand(9, 1, generator=g)
     with one_thread():
-        shared = compute_drift(gen, pos, bank, w, neg_index=index, chunk_groups=2)
-        explicit = compute_drift(gen, pos, bank[index], w)
-    _assert_same({"k": shared}, {"k": explicit}, exact=True)
+        shared = evaluate_drift(
+            {"k": DriftGroups(gen, pos, bank, w, neg_index=index)}, DriftOptions(chunk_groups=2)
+        )
+        explicit = evaluate_drift({"k": DriftGroups(gen, pos, bank[index], w)})
+    _assert_same(shared, explicit, exact=True)
 
 
 def test_losses_sum_keys_with_weights_and_gradients():
     keys = _keys()
     for g in keys.values():
         g.gen.requires_grad_(True)
-    total, stats = drifting_losses(keys, key_weights={"b": 0.5}, chunk_groups=5)
+    total, stats = drifting_loss(keys, DriftOptions(chunk_groups=5), key_weights={"b": 0.5})
     expected = stats["loss/a"] + 0.5 * stats["loss/b"] + stats["loss/c"]
     torch.testing.assert_close(total.detach(), expected)
     total.backward()
     # d/dx mean((x~ - sg(x~ + V))^2) with x~ = x / s_in is -2 V / (s_in * numel), per key.
-    results = compute_drifts(keys)
+    results = evaluate_drift(keys)
     for name, weight in (("a", 1.0), ("b", 0.5)):
         r = results[name]
         grad = -2 * weight * r.field / (r.feature_scale * r.field.numel())
@@ -132,15 +133,17 @@ def test_errors_name_the_key_and_argument():
     bad = _groups(4, 3, 2, 1, 5, 0)
     bad.neg_weights = torch.ones(4, 3)  # m is 2
     with pytest.raises(ValueError, match=r"'effnet.b2/loc'.*neg_weights"):
-        compute_drifts({"ok": _groups(4, 3, 2, 1, 5, 1), "effnet.b2/loc": bad})
+        evaluate_drift({"ok": _groups(4, 3, 2, 1, 5, 1), "effnet.b2/loc": bad})
     bank_key = _groups(4, 3, 2, 1, 5, 0)
     bank_key.neg_index = torch.tensor([0, 1, 2, 9])
     with pytest.raises(ValueError, match=r"'k'.*neg_index"):
-        compute_drifts({"k": bank_key})
+        evaluate_drift({"k": bank_key})
     with pytest.raises(ValueError, match="temperatures"):
-        compute_drifts({"k": _groups(4, 3, 2, 1, 5, 0)}, temperatures=(0.1, -1.0))
+        evaluate_drift({"k": _groups(4, 3, 2, 1, 5, 0)}, DriftOptions(temperatures=(0.1, -1.0)))
     with pytest.raises(ValueError, match="memory_budget"):
-        compute_drifts({"k": _groups(4, 3, 2, 1, 5, 0)}, memory_budget=0)
+        evaluate_drift({"k": _groups(4, 3, 2, 1, 5, 0)}, DriftOptions(memory_budget=0))
+    with pytest.raises(ValueError, match="at least one feature key"):
+        evaluate_drift({})
 
 
 def test_plan_respects_budget():
@@ -181,6 +184,6 @@ def test_measured_peak_memory_stays_within_budget():
 
 def test_compiled_kernel_matches_eager():
     keys = {"a": _groups(6, 4, 5, 1, 8, 0), "b": _groups(3, 4, 2, 2, 8, 1, masked=False)}
-    ref = compute_drifts(keys, chunk_groups=4)
-    out = compute_drifts(keys, chunk_groups=4, compile=True)
+    ref = evaluate_drift(keys, DriftOptions(chunk_groups=4))
+    out = evaluate_drift(keys, DriftOptions(chunk_groups=4, compile=True))
     _assert_same(out, ref, exact=False)

@@ -1,99 +1,46 @@
-"""The drifting field against METHOD.md: an independent float64 per-group reference, the
-section-8 checks (equilibrium, anti-symmetry), gradients, dtypes and shapes."""
-
-import math
+"""The drifting field against docs/method.md: the section-8 checks (equilibrium, anti-symmetry),
+gradients, dtypes, shapes, options and the text-to-image grouping. The comparison with the
+per-group float64 reference is in test_drift_reference.py."""
 
 import pytest
 import torch
 
-from t2i_drift.drifting import drifting_field, drifting_loss, guidance_weight, sample_alpha
+from t2i_drift.drifting import (
+    DriftGroups,
+    DriftOptions,
+    drifting_field,
+    drifting_loss,
+    evaluate_drift,
+    guidance_weight,
+    sample_alpha,
+)
 
 
-def reference_group_field(x, u, y, w_u, taus, normalize_scale=None, mask_self=True, floor=1e-6):
-    """METHOD.md section 2 for ONE group, float64, loops over targets written out plainly.
-
-    normalize_scale: None for the raw field; else (s_in, dist_unit) of section 3."""
-    x, u, y = x.double(), u.double(), y.double()
-    n = x.shape[0]
-    t = torch.cat([x, u, y])
-    w = torch.cat([torch.ones(n), w_u.double(), torch.ones(y.shape[0])]).double()
-    pos = torch.tensor([False] * (n + u.shape[0]) + [True] * y.shape[0])
-    d = torch.sqrt(torch.clamp(((x[:, None, :] - t[None, :, :]) ** 2).sum(-1), min=1e-8))
-    if normalize_scale is not None:
-        s_in, unit = normalize_scale
-        x, t = x / s_in, t / s_in
-        d = d / unit
-    if mask_self:
-        d = d + 100.0 * torch.cat([torch.eye(n), torch.zeros(n, t.shape[0] - n)], 1).double()
-    fields = []
-    for tau in taus:
-        logits = -d / tau
-        a_row = torch.softmax(logits, 1)
-        a_col = torch.softmax(logits, 0)
-        A = torch.sqrt(torch.clamp(a_row * a_col, min=floor)) * w[None, :]
-        s_pos = A[:, pos].sum(1)
-        s_neg = A[:, ~pos].sum(1)
-        V = torch.zeros_like(x)
-        for i in range(n):
-            for j in range(t.shape[0]):
-                c = A[i, j] * s_neg[i] if pos[j] else -A[i, j] * s_pos[i]
-                V[i] += c * (t[j] - x[i])
-        fields.append(V)
-    return fields
-
-
-def _data(G=3, n=5, m=4, p=2, D=6, seed=0):
+def _data(num_groups=3, n=5, m=4, p=2, D=6, seed=0):
     g = torch.Generator().manual_seed(seed)
-    gen = torch.randn(G, n, D, generator=g)
-    neg = torch.randn(G, m, D, generator=g) + 0.5
-    pos = torch.randn(G, p, D, generator=g) - 0.5
-    w = torch.rand(G, m, generator=g) * 2
+    gen = torch.randn(num_groups, n, D, generator=g)
+    neg = torch.randn(num_groups, m, D, generator=g) + 0.5
+    pos = torch.randn(num_groups, p, D, generator=g) - 0.5
+    w = torch.rand(num_groups, m, generator=g) * 2
     return gen, pos, neg, w
 
 
-@pytest.mark.parametrize("taus", [(0.05,), (0.02, 0.05, 0.2), (1.0,)])
-def test_raw_field_matches_float64_reference(taus):
-    gen, pos, neg, w = _data()
-    V = drifting_field(gen, pos, neg, w, temperatures=taus, normalize=False)
-    assert V.shape == gen.shape and V.dtype == torch.float32
-    for g in range(gen.shape[0]):
-        ref = sum(reference_group_field(gen[g], neg[g], pos[g], w[g], taus))
-        torch.testing.assert_close(V[g].double(), ref, rtol=1e-4, atol=1e-5)
+def _one_key(gen, pos, neg=None, w=None, **options):
+    """evaluate_drift of a single key."""
+    return evaluate_drift({"k": DriftGroups(gen, pos, neg, w)}, DriftOptions(**options))["k"]
 
 
-def test_normalized_field_matches_float64_reference():
-    gen, pos, neg, w = _data(G=4, D=8)
-    taus = (0.02, 0.05, 0.2)
-    V = drifting_field(gen, pos, neg, w, temperatures=taus, normalize=True)
-    # Section 3 scalars pooled over all groups, computed here independently in float64.
-    D = gen.shape[-1]
-    num = den = 0.0
-    for g in range(gen.shape[0]):
-        t = torch.cat([gen[g], neg[g], pos[g]]).double()
-        wt = torch.cat([torch.ones(gen.shape[1]), w[g], torch.ones(pos.shape[1])]).double()
-        d = torch.sqrt(torch.clamp(((gen[g].double()[:, None] - t[None]) ** 2).sum(-1), min=1e-8))
-        num += (d * wt[None]).sum().item()
-        den += wt.sum().item() * gen.shape[1]
-    scale = num / den
-    s_in, unit = max(scale / math.sqrt(D), 1e-3), max(scale, 1e-3)
-    per_tau = [
-        torch.stack(
-            [reference_group_field(gen[g], neg[g], pos[g], w[g], (tau,), (s_in, unit))[0] for g in range(4)]
-        )
-        for tau in taus
-    ]
-    ref = sum(v / torch.sqrt(torch.clamp(v.pow(2).mean(), min=1e-8)) for v in per_tau)
-    torch.testing.assert_close(V.double(), ref, rtol=1e-4, atol=1e-5)
+def _loss(gen, pos, neg=None, w=None, **options):
+    """drifting_loss of a single key."""
+    return drifting_loss({"k": DriftGroups(gen, pos, neg, w)}, DriftOptions(**options))
 
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_zero_at_equilibrium(normalize):
     """Section 8: self-masking off, unit weights, positive set == negative set -> V = 0."""
-    from t2i_drift.drifting import compute_drift
-
-    gen, _, _, _ = _data(G=4, n=6, D=5)
-    eq = compute_drift(gen, gen.clone(), normalize=normalize, mask_self=False)
-    away = compute_drift(gen, torch.randn_like(gen), normalize=normalize, mask_self=False)
+    gen, _, _, _ = _data(num_groups=4, n=6, D=5)
+    eq = _one_key(gen, gen.clone(), normalize=normalize, mask_self=False)
+    away = _one_key(gen, torch.randn_like(gen), normalize=normalize, mask_self=False)
     for tau in eq.raw_v2:  # the un-normalized V_tau vanish to rounding
         assert away.raw_v2[tau] > 1e-6
         assert eq.raw_v2[tau] < 1e-6 * away.raw_v2[tau]
@@ -120,17 +67,23 @@ def test_gradient_only_into_gen_and_equals_minus_field():
     gen.requires_grad_(True)
     pos.requires_grad_(True)
     neg.requires_grad_(True)
-    loss, stats = drifting_loss(gen, pos, neg, w)
+    loss, stats = _loss(gen, pos, neg, w)
     loss.backward()
     assert pos.grad is None and neg.grad is None
     assert gen.grad is not None and gen.grad.abs().sum() > 0
     # d/dx mean((x/s - sg(x/s + V))^2) = -2 V / (s * numel)
-    from t2i_drift.drifting import compute_drift
-
-    r = compute_drift(gen, pos, neg, w)
+    r = _one_key(gen, pos, neg, w)
     expected = -2.0 * r.field / (r.feature_scale * gen.numel())
     torch.testing.assert_close(gen.grad, expected, rtol=1e-4, atol=1e-8)
-    assert set(k for k in stats if k.startswith("v2/")) == {"v2/tau=0.02", "v2/tau=0.05", "v2/tau=0.2"}
+    assert list(stats) == [
+        "loss/k",
+        "k/v2/tau=0.02",
+        "k/v2/tau=0.05",
+        "k/v2/tau=0.2",
+        "k/scale",
+        "k/nearest_pos",
+        "k/spread",
+    ]
     # Normalized loss is mean(V^2) with V a sum of three unit-RMS fields: O(1), never ~0.
     assert 0.3 < loss.item() < 9.0
 
@@ -140,7 +93,7 @@ def test_fp32_under_bf16_autocast():
     gen = gen.bfloat16().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         V = drifting_field(gen, pos.bfloat16(), neg.bfloat16(), w)
-        loss, _ = drifting_loss(gen, pos.bfloat16(), neg.bfloat16(), w)
+        loss, _ = _loss(gen, pos.bfloat16(), neg.bfloat16(), w)
     assert V.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert gen.grad.dtype == torch.bfloat16
@@ -150,8 +103,8 @@ def test_fp32_under_bf16_autocast():
 
 def test_loss_invariant_to_global_rescale():
     gen, pos, neg, w = _data()
-    l1, _ = drifting_loss(gen, pos, neg, w)
-    l2, _ = drifting_loss(gen * 37.0, pos * 37.0, neg * 37.0, w)
+    l1, _ = _loss(gen, pos, neg, w)
+    l2, _ = _loss(gen * 37.0, pos * 37.0, neg * 37.0, w)
     torch.testing.assert_close(l1, l2, rtol=1e-4, atol=1e-6)
 
 
@@ -170,6 +123,47 @@ def test_bad_shapes_raise_clear_errors():
         drifting_field(gen, pos, neg, torch.ones(7))
     with pytest.raises(ValueError, match="temperatures"):
         drifting_field(gen, pos, neg, w, temperatures=())
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("temperatures", ()),
+        ("temperatures", (0.1, -1.0)),
+        ("temperatures", (0.1, float("nan"))),
+        ("temperatures", 0.05),
+        ("normalize", 1),
+        ("affinity_floor", -1e-6),
+        ("memory_budget", 0),
+        ("memory_budget", 1.5e6),
+        ("chunk_groups", -2),
+    ],
+)
+def test_options_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        DriftOptions(**{field: value})
+
+
+def test_options_are_normalized_and_frozen():
+    options = DriftOptions(temperatures=[0.1, 1], memory_budget=2**20)
+    assert options.temperatures == (0.1, 1.0) and all(type(t) is float for t in options.temperatures)
+    with pytest.raises(AttributeError):
+        options.normalize = False  # type: ignore[misc]
+
+
+def test_drifting_field_accepts_option_overrides():
+    gen, pos, neg, w = _data()
+    V = drifting_field(gen, pos, neg, w, (0.05,), False, mask_self=False, chunk_groups=1)
+    ref = _one_key(gen, pos, neg, w, temperatures=(0.05,), normalize=False, mask_self=False).field
+    torch.testing.assert_close(V, ref)
+    with pytest.raises(TypeError):
+        drifting_field(gen, pos, neg, w, not_an_option=True)
+
+
+def test_key_weights_must_name_known_keys():
+    gen, pos, neg, w = _data()
+    with pytest.raises(ValueError, match="key_weights"):
+        drifting_loss({"k": DriftGroups(gen, pos, neg, w)}, key_weights={"typo": 2.0})
 
 
 def test_guidance_weight_formula():
@@ -194,7 +188,7 @@ def test_alpha_sampler_matches_power_law_moments():
 
 def test_text_to_image_grouping_matches_explicit_groups():
     """group = prompt x location; negatives = other prompts' real images at that location."""
-    from t2i_drift.drifting import drifting_loss, group_by_prompt, text_to_image_drift_loss
+    from t2i_drift.drifting import group_by_prompt, text_to_image_drift_loss
 
     g = torch.Generator().manual_seed(0)
     B, G, L, D = 3, 2, 4, 5
@@ -208,11 +202,12 @@ def test_text_to_image_grouping_matches_explicit_groups():
     torch.testing.assert_close(nn_[b * L + loc], real[:, loc])
     alpha = torch.tensor([1.0, 2.0, 3.0])
     ids = torch.tensor([7, 8, 7])  # prompts 0 and 2 share a caption: excluded from each other's negatives
-    loss, stats = text_to_image_drift_loss({"k": gen}, {"k": real}, G, alpha, ids, key_weights={"k": 0.5})
+    loss, stats = text_to_image_drift_loss(
+        {"k": gen}, {"k": real}, G, alpha, ids, DriftOptions(), key_weights={"k": 0.5}
+    )
     valid = torch.tensor([[False, True, False], [True, False, True], [False, True, False]])
     w = guidance_weight(alpha, G, valid.sum(1))
-    ref, _ = drifting_loss(
-        gg, pp, nn_, neg_weights=w.repeat_interleave(L)[:, None], neg_mask=valid.repeat_interleave(L, 0)
-    )
+    groups = DriftGroups(gg, pp, nn_, w.repeat_interleave(L)[:, None], valid.repeat_interleave(L, 0))
+    ref, _ = drifting_loss({"k": groups})
     torch.testing.assert_close(loss, 0.5 * ref)
     assert float(stats["loss/k"]) == pytest.approx(ref.item())

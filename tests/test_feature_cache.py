@@ -12,15 +12,15 @@ import torch
 from helpers import run_python, tiny_vae
 
 from t2i_drift.data.webdataset import WebDatasetImageText
-from t2i_drift.text.encoders import encode_text
-from t2i_drift.training.batch_inputs import BatchInputs
-from t2i_drift.training.builders import build_feature_encoder, encode_latents, load_text_slots, load_vae
+from t2i_drift.models.vae import encode_latents, load_vae
+from t2i_drift.training.batch_inputs import BatchInputs, producers
+from t2i_drift.training.builders import build_feature_encoder, build_text_conditioner
 from t2i_drift.training.cache_features import META_FILE, cache_features
 from t2i_drift.training.config import load_config
-from t2i_drift.training.trainer import train
+from t2i_drift.training.runs import train_t2i
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
-BASE = ["data.max_samples=10", "features.effnet=false", "train.batch_size=4"]
+BASE = ["data.max_samples=10", "features.effnet=null", "train.batch_size=4"]
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +31,17 @@ def vae_dir(tmp_path_factory):
 
 
 def _inputs(cfg, shards: str) -> tuple[BatchInputs, dict, object]:
-    slots, tok, pool = load_text_slots(cfg.text)
-    vae = load_vae(cfg)
-    features = build_feature_encoder(cfg, vae)
+    conditioner = build_text_conditioner(cfg.text)
+    vae = load_vae(cfg.model.vae) if cfg.model.vae else None
+    features = build_feature_encoder(cfg.features, cfg.data.resolution, vae)
     inputs = BatchInputs(
-        slots,
-        tok,
-        pool,
+        conditioner,
         vae,
         torch.device("cpu"),
-        expected_meta=BatchInputs.expected(cfg, slots, tok, pool, vae, features),
+        expected_meta=lambda: producers(conditioner, vae, cfg.data.resolution, (cfg.features, features)),
     )
     source = WebDatasetImageText(shards, batch_size=4, resolution=cfg.data.resolution, shuffle_buffer=0)
-    return inputs, next(iter(source)), (slots, tok, pool, vae, features)
+    return inputs, next(iter(source)), (conditioner, vae, features)
 
 
 def test_cached_latent_shards_match_fresh_encoding_and_train(vae_dir, tmp_path):
@@ -56,12 +54,12 @@ def test_cached_latent_shards_match_fresh_encoding_and_train(vae_dir, tmp_path):
     meta = json.loads((out / META_FILE).read_text())
     assert meta["samples"] == 10 and meta["vae_key"] and meta["features_key"]
 
-    inputs, batch, (slots, tok, pool, vae, features) = _inputs(cfg, f"{out}/shard-000-{{000000..000002}}.tar")
+    inputs, batch, (conditioner, vae, features) = _inputs(cfg, f"{out}/shard-000-{{000000..000002}}.tar")
     assert {"embeds", "mask", "pooled", "latents", "feat/raw/flat"} <= set(batch)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # cached tensors must be accepted, not re-encoded
         step = inputs(batch)
-    fresh = encode_text(slots, batch["caption"], tok, pool)
+    fresh = conditioner.encode(batch["caption"])
     T = fresh.mask.shape[1]
     torch.testing.assert_close(step.text.embeds[:, :T], fresh.embeds)
     assert not step.text.mask[:, T:].any() and torch.equal(step.text.mask[:, :T].bool(), fresh.mask.bool())
@@ -70,7 +68,7 @@ def test_cached_latent_shards_match_fresh_encoding_and_train(vae_dir, tmp_path):
     torch.testing.assert_close(step.real_features["raw/flat"], features(step.real)["raw/flat"])
 
     run = tmp_path / "run"
-    train(
+    train_t2i(
         load_config(
             RECIPE,
             [
@@ -91,10 +89,10 @@ def test_stale_cache_falls_back_to_encoding_with_a_warning(tmp_path):
     out = tmp_path / "cache"
     cache_features(cfg, out, shard_size=100, progress=False)
     other = load_config(RECIPE, [*BASE, "text.max_length=8"])  # a different text encoder setting
-    inputs, batch, (slots, tok, pool, _, _) = _inputs(other, f"{out}/shard-000-000000.tar")
+    inputs, batch, (conditioner, _, _) = _inputs(other, f"{out}/shard-000-000000.tar")
     with pytest.warns(UserWarning, match="cached \\['text'\\] were produced by a different"):
         step = inputs(batch)
-    fresh = encode_text(slots, batch["caption"], tok, pool)
+    fresh = conditioner.encode(batch["caption"])
     assert step.text.embeds.shape == fresh.embeds.shape  # re-encoded at max_length 8
     torch.testing.assert_close(step.text.embeds, fresh.embeds)
 

@@ -9,12 +9,8 @@ import torch.nn.functional as F
 from helpers import tiny_convnext_dir, tiny_vae
 
 from t2i_drift.drifting import map_feature_sets
-from t2i_drift.models.feature_encoders import (
-    IMAGENET_MEAN,
-    DecodedLatentFeatures,
-    EfficientNetLite0Features,
-    HubVisionFeatures,
-)
+from t2i_drift.models.feature_encoders import DecodedLatentFeatures, EfficientNetLite0Features
+from t2i_drift.models.hub_features import IMAGENET_MEAN, HubVisionFeatures
 
 # Non-default statistics, so a test can tell they were read from the folder.
 DINO_MEAN, DINO_STD = [0.5, 0.25, 0.1], [0.2, 0.3, 0.4]

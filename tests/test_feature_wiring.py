@@ -12,9 +12,10 @@ import torch
 from helpers import tiny_convnext_dir, tiny_mae, tiny_vae
 
 from t2i_drift.models.feature_encoders import DecodedLatentFeatures
-from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, load_vae
+from t2i_drift.models.vae import load_vae
+from t2i_drift.training.builders import build_feature_encoder, feature_key_weights
 from t2i_drift.training.config import ConfigError, load_config
-from t2i_drift.training.trainer import train
+from t2i_drift.training.runs import train_t2i
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
 
@@ -35,27 +36,28 @@ def parts(tmp_path_factory):
 
 def test_all_encoders_in_one_pixel_loss_with_per_encoder_weights(parts, tmp_path):
     overrides = [
-        f"features.mae={parts['mae_pixels']}",
-        "features.mae_maps=[s2.out, s4.out]",
-        "features.mae_weight=0.5",
-        f"features.hub={parts['hub']}",
-        "features.hub_out_features=[stage2]",
-        "features.hub_input_size=32",
-        "features.hub_weight=2.0",
+        f"features.mae.path={parts['mae_pixels']}",
+        "features.mae.maps=[s2.out, s4.out]",
+        "features.mae.weight=0.5",
+        f"features.hub.name={parts['hub']}",
+        "features.hub.out_features=[stage2]",
+        "features.hub.input_size=32",
+        "features.hub.weight=2.0",
+        "features.raw.weight=0.25",
     ]
     cfg = load_config(RECIPE, overrides)
-    encoder = build_feature_encoder(cfg)
+    encoder = build_feature_encoder(cfg.features, cfg.data.resolution)
     images = torch.rand(3, 3, 16, 16) * 2 - 1
     feats = encoder(images)
     prefixes = {k.split("/")[0] for k in feats}
     assert {"effnet.b0", "effnet.b2", "mae.s2.out", "mae.s4.out", "hub.stage2", "raw"} <= prefixes
     assert {"effnet/input_rms", "mae/input_rms", "hub/input_rms", "raw/flat"} <= set(feats)
-    weights = feature_key_weights(cfg, list(feats))
+    weights = feature_key_weights(cfg.features, list(feats))
     assert weights["mae.s2.out/loc"] == 0.5 and weights["hub.stage2/mean"] == 2.0
-    assert weights["effnet.b0/loc"] == 1.0 and weights["raw/flat"] == 1.0
+    assert weights["effnet.b0/loc"] == 1.0 and weights["raw/flat"] == 0.25
     # One training step with all of them, through the real trainer.
     run = tmp_path / "run"
-    train(load_config(RECIPE, [*overrides, "train.max_steps=1", f"train.output_dir={run}"]))
+    train_t2i(load_config(RECIPE, [*overrides, "train.max_steps=1", f"train.output_dir={run}"]))
     logged = json.loads((run / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
     assert any(k.startswith("mae.s4.out/") for k in logged) and any(
         k.startswith("hub.stage2/") for k in logged
@@ -66,12 +68,11 @@ def test_latent_run_with_decoded_pixel_features_and_a_latent_mae(parts, tmp_path
     overrides = [
         f"model.vae={parts['vae']}",
         "model.patch_size=2",
-        "features.decode_latents=true",
-        f"features.mae={parts['mae_latents']}",
+        f"features.mae.path={parts['mae_latents']}",
     ]
     cfg = load_config(RECIPE, overrides)
-    vae = load_vae(cfg)
-    encoder = build_feature_encoder(cfg, vae)
+    vae = load_vae(cfg.model.vae)
+    encoder = build_feature_encoder(cfg.features, cfg.data.resolution, vae)
     assert isinstance(encoder.encoders["decoded"], DecodedLatentFeatures)
     latents = torch.randn(2, 4, 8, 8, requires_grad=True)
     feats = encoder(latents)
@@ -81,22 +82,42 @@ def test_latent_run_with_decoded_pixel_features_and_a_latent_mae(parts, tmp_path
     assert latents.grad is not None and latents.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in encoder.parameters())
     run = tmp_path / "run"
-    train(load_config(RECIPE, [*overrides, "train.max_steps=1", f"train.output_dir={run}"]))
+    train_t2i(load_config(RECIPE, [*overrides, "train.max_steps=1", f"train.output_dir={run}"]))
     assert (run / "pipeline" / "model_index.json").is_file()
 
 
 def test_mismatched_encoders_are_errors_that_name_the_key(parts):
-    with pytest.raises(ValueError, match="features.mae=.*3-channel inputs.*latents of model.vae"):
-        cfg = load_config(RECIPE, [f"model.vae={parts['vae']}", "features.effnet=false",
-                                   f"features.mae={parts['mae_pixels']}"])  # fmt: skip
-        build_feature_encoder(cfg, load_vae(cfg))
-    with pytest.raises(ValueError, match="features.mae='/nonexistent'"):
-        build_feature_encoder(load_config(RECIPE, ["features.mae=/nonexistent"]))
+    with pytest.raises(ValueError, match="features.mae.path=.*3-channel inputs.*latents of model.vae"):
+        cfg = load_config(RECIPE, [f"model.vae={parts['vae']}", "features.effnet=null",
+                                   f"features.mae.path={parts['mae_pixels']}"])  # fmt: skip
+        build_feature_encoder(cfg.features, cfg.data.resolution, load_vae(cfg.model.vae))
+    with pytest.raises(ValueError, match="features.mae.path='/nonexistent'"):
+        cfg = load_config(RECIPE, ["features.mae.path=/nonexistent"])
+        build_feature_encoder(cfg.features, cfg.data.resolution)
     with pytest.raises(ValueError, match="features.hub"):
-        build_feature_encoder(load_config(RECIPE, ["features.hub=/nonexistent"]))
-    with pytest.raises(ConfigError, match="features.hub .*decode_latents"):
-        load_config(
-            RECIPE, [f"model.vae={parts['vae']}", "features.effnet=false", f"features.hub={parts['hub']}"]
-        )
-    with pytest.raises(ConfigError, match="features.decode_latents .*needs model.vae"):
-        load_config(RECIPE, ["features.decode_latents=true"])
+        cfg = load_config(RECIPE, ["features.hub.name=/nonexistent"])
+        build_feature_encoder(cfg.features, cfg.data.resolution)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["features.mae={}"], "features.mae.path"),  # switched on without its folder
+        (["features.hub={maps: [x]}"], "features.hub.maps"),  # unknown key of an encoder
+        (["features.effnet.weight=-1"], "features.effnet.weight"),
+        (["features.raw=null", "features.effnet=null"], "features"),  # no encoder left
+        (["features.effnet=true"], "features.effnet"),  # the old flag form: a clear error
+        (["model.text_attention=both"], "model.text_attention"),
+    ],
+)
+def test_feature_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(RECIPE, overrides)
+
+
+def test_optional_sections_switch_on_with_defaults_and_off_with_null():
+    cfg = load_config(None, ["features.effnet.weight=0.01", "features.raw=null"])
+    assert cfg.features.effnet is not None and cfg.features.effnet.weight == 0.01
+    assert cfg.features.effnet.blocks == [0, 2, 4, 10] and cfg.features.raw is None
+    assert load_config(RECIPE, ["features.effnet=null"]).features.effnet is None
+    assert load_config(None, ["model.text_attention=joint"]).model.text_attention == "joint"

@@ -1,4 +1,4 @@
-"""Feature sets of METHOD.md section 4 and the frozen EfficientNet-Lite0 encoder."""
+"""Feature sets of docs/method.md section 4 and the frozen EfficientNet-Lite0 encoder."""
 
 import torch
 

@@ -121,7 +121,7 @@ def test_to_rgb_square_crops_the_centre():
 def test_training_on_an_imagefolder(imagefolder, tmp_path):
     from t2i_drift import DriftingPipeline
     from t2i_drift.training.config import load_config
-    from t2i_drift.training.trainer import train
+    from t2i_drift.training.runs import train_t2i
 
     recipe = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
     cfg = load_config(
@@ -131,9 +131,9 @@ def test_training_on_an_imagefolder(imagefolder, tmp_path):
             f"data.path={imagefolder}",
             "train.batch_size=4",
             "train.max_steps=1",
-            "features.effnet=false",
+            "features.effnet=null",
             f"train.output_dir={tmp_path / 'run'}",
         ],
     )
-    pipe = DriftingPipeline.from_pretrained(train(cfg))
+    pipe = DriftingPipeline.from_pretrained(train_t2i(cfg))
     assert pipe("grey", output_type="np").images.shape == (1, 16, 16, 3)

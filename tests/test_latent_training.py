@@ -9,9 +9,9 @@ from diffusers import AutoencoderKL
 from helpers import tiny_vae
 
 from t2i_drift import DriftingPipeline
-from t2i_drift.training.builders import encode_latents
-from t2i_drift.training.config import ConfigError, load_config
-from t2i_drift.training.trainer import train
+from t2i_drift.models.vae import decode_latents, encode_latents, vae_scale_factor
+from t2i_drift.training.config import load_config
+from t2i_drift.training.runs import train_t2i
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
 
@@ -38,12 +38,12 @@ def test_training_in_latent_space_exports_a_decoding_pipeline(vae_dir, tmp_path)
         [
             f"model.vae={vae_dir}",
             "model.patch_size=2",
-            "features.effnet=false",
+            "features.effnet=null",
             "train.max_steps=1",
             f"train.output_dir={tmp_path / 'run'}",
         ],
     )
-    pipe = DriftingPipeline.from_pretrained(train(cfg))
+    pipe = DriftingPipeline.from_pretrained(train_t2i(cfg))
     assert pipe.vae is not None and pipe.vae_scale_factor == 2
     assert pipe.transformer.config.in_channels == 4 and pipe.transformer.config.sample_size == 8
     latents = pipe("teapot", output_type="latent", generator=torch.Generator().manual_seed(0)).images
@@ -51,6 +51,11 @@ def test_training_in_latent_space_exports_a_decoding_pipeline(vae_dir, tmp_path)
     assert latents.shape == (1, 4, 8, 8) and images.shape == (1, 16, 16, 3)
 
 
-def test_effnet_features_need_pixels(vae_dir):
-    with pytest.raises(ConfigError, match="features.effnet"):
-        load_config(RECIPE, [f"model.vae={vae_dir}"])  # tiny_test.yaml turns effnet on
+def test_one_set_of_vae_conventions_for_trainer_and_pipeline(vae_dir):
+    """decode_latents inverts encode_latents' scaling, and the pipeline decodes exactly so."""
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    assert vae_scale_factor(vae) == 2 and vae_scale_factor(None) == 1
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = vae.decode(vae.encode(pixels).latent_dist.mode()).sample
+        torch.testing.assert_close(decode_latents(vae, encode_latents(vae, pixels)), expected)

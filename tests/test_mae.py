@@ -1,4 +1,4 @@
-"""ResNetMAE (the paper's feature encoder), its trainer, and MAEFeatures (METHOD.md section 4)."""
+"""ResNetMAE (the paper's feature encoder), its trainer, and MAEFeatures (docs/method.md section 4)."""
 
 import json
 from pathlib import Path
@@ -13,7 +13,8 @@ from t2i_drift.models.mae_resnet import masked_mse
 from t2i_drift.training.checkpoint import list_checkpoints
 from t2i_drift.training.config import ConfigError
 from t2i_drift.training.mae_config import load_mae_config
-from t2i_drift.training.mae_trainer import MAE_PRETRAINED_SUBDIR, MAE_SUBDIR, train_mae
+from t2i_drift.training.objectives.mae import MAE_PRETRAINED_SUBDIR, MAE_SUBDIR
+from t2i_drift.training.runs import train_mae
 
 ROOT = Path(__file__).parent.parent
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -179,7 +180,7 @@ def tiny_overrides(out: Path, *extra: str) -> list[str]:
         ("model.mask_ratio=1.5", "model.mask_ratio"),
         ("model.norm_num_groups=5", "model.norm_num_groups"),
         ("data.resolution=30", "data.resolution"),
-        ("data.name=webdataset", "data.name"),
+        ("data.name=webdataset", "data.path"),  # any source works; shards need a path
     ],
 )
 def test_config_errors_name_the_key(override, key):

@@ -21,6 +21,7 @@ from t2i_drift.data.shapes import (
     check_image,
     render_scene,
 )
+from t2i_drift.data.splits import caption_hash
 
 SCENES = all_scenes()
 
@@ -116,7 +117,7 @@ def test_dataset_items_are_deterministic_and_checkable():
     assert torch.equal(a.images, b.images) and a.captions == b.captions
     item = a[5]
     assert item["pixel_values"].shape == (3, 32, 32) and -1 <= item["pixel_values"].min() <= 1
-    assert item["caption"] == a.scenes[5].caption and item["index"] == 5
+    assert item["caption"] == a.scenes[5].caption and item["caption_id"] == caption_hash(item["caption"])
     assert not torch.equal(a.images[0], a.images[1])  # two jittered renders of one scene
     # the checker accepts the training tensor format too
     assert check_image(item["pixel_values"], a.scenes[5]) == check_image(a.images[5].numpy(), a.scenes[5])
@@ -129,7 +130,7 @@ def test_dataset_items_are_deterministic_and_checkable():
 def test_training_runs_on_shapes(tmp_path):
     from t2i_drift import DriftingPipeline
     from t2i_drift.training.config import load_config
-    from t2i_drift.training.trainer import train
+    from t2i_drift.training.runs import train_t2i
 
     recipe = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
     cfg = load_config(
@@ -141,7 +142,7 @@ def test_training_runs_on_shapes(tmp_path):
             "eval.sample_prompts=[a large red circle at the top]",
         ],
     )
-    pipe = DriftingPipeline.from_pretrained(train(cfg))
+    pipe = DriftingPipeline.from_pretrained(train_t2i(cfg))
     images = pipe("a blue square to the left of a red circle", output_type="np").images
     assert images.shape == (1, 16, 16, 3)
 

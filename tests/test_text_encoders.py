@@ -9,10 +9,10 @@ from helpers import run_python
 
 from t2i_drift import DriftingPipeline, DriftingTransformer2DModel
 from t2i_drift.text import (
+    TextConditioner,
     TextEmbeddingCache,
     TextEncoderSlot,
     combine_embeddings,
-    encode_in_batches,
     encode_prompts,
     encode_text,
     encoder_family,
@@ -163,28 +163,47 @@ def test_two_encoder_pipeline_saves_and_reloads(folders, tmp_path):
 
 def test_embedding_cache_encodes_each_caption_once(folders, tmp_path):
     tokenizer, model = load_text_encoder(folders["clip_proj"])
-    slots = [TextEncoderSlot(model, tokenizer, 16)]
+    conditioner = TextConditioner([TextEncoderSlot(model, tokenizer, 16)])
     captions = ["teapot", "rocket", "teapot", "a red apple on a table"]
-    cache = TextEmbeddingCache(tmp_path, slots)
+    cache = TextEmbeddingCache(tmp_path, conditioner)
     first, encoded = cache.get(captions, progress=False)
     assert encoded == 3  # distinct captions
-    direct = encode_in_batches(slots, captions, progress=False)
+    direct = conditioner.encode_in_batches(captions, progress=False)
     for name in ("embeds", "mask", "pooled"):
         torch.testing.assert_close(getattr(first, name), getattr(direct, name))
-    again, encoded = TextEmbeddingCache(tmp_path, slots).get(list(reversed(captions)), progress=False)
+    again, encoded = TextEmbeddingCache(tmp_path, conditioner).get(list(reversed(captions)), progress=False)
     assert encoded == 0
     torch.testing.assert_close(again.embeds, first.embeds.flip(0))
     more, encoded = cache.get(["rocket", "grinning face"], progress=False)
     assert encoded == 1 and len(list(cache.dir.glob("shard-*.safetensors"))) == 2
     torch.testing.assert_close(more.pooled[0], first.pooled[1])
     # anything that changes the output changes the key
-    other = TextEmbeddingCache(tmp_path, [TextEncoderSlot(model, tokenizer, 8)])
+    other = TextEmbeddingCache(tmp_path, TextConditioner([TextEncoderSlot(model, tokenizer, 8)]))
     assert other.dir != cache.dir
-    assert TextEmbeddingCache(tmp_path, [TextEncoderSlot(model, tokenizer, 16, "mean")]).dir != cache.dir
+    mean = TextConditioner([TextEncoderSlot(model, tokenizer, 16, "mean")])
+    assert TextEmbeddingCache(tmp_path, mean).dir != cache.dir
     # same config, other weights (e.g. a retrained encoder saved at the same path): a new key
     with torch.no_grad():
         model.text_projection.weight.add_(0.01)
-    assert TextEmbeddingCache(tmp_path, slots).dir != cache.dir
+    assert TextEmbeddingCache(tmp_path, conditioner).dir != cache.dir
+
+
+def test_conditioner_table_lookup_equals_encoding(folders):
+    """precompute + embed: rows of the table for known captions (bit for bit what encoding them
+    gives), fresh encoding for unknown ones; sources are checked by name."""
+    tokenizer, model = load_text_encoder(folders["clip_proj"])
+    conditioner = TextConditioner([TextEncoderSlot(model, tokenizer, 16)])
+    captions = ["teapot", "rocket", "teapot"]
+    assert conditioner.precompute(captions, cache_dir=None, progress=False) == 2
+    looked_up = conditioner.embed(["rocket", "teapot"])
+    fresh = conditioner.encode_in_batches(["teapot", "rocket"], progress=False)
+    assert torch.equal(looked_up.embeds, fresh.embeds[[1, 0]])
+    assert torch.equal(looked_up.pooled, fresh.pooled[[1, 0]])
+    unknown = conditioner.embed(["a red apple"])
+    torch.testing.assert_close(unknown.pooled, conditioner.encode(["a red apple"]).pooled)
+    assert conditioner.dims() == (fresh.embeds.shape[-1], fresh.pooled.shape[-1])
+    with pytest.raises(ValueError, match="token_sources"):
+        TextConditioner([TextEncoderSlot(model, tokenizer, 16)], token_sources=["text_encoder_2"])
 
 
 def test_training_with_two_encoders_exports_both(folders, tmp_path):
@@ -193,7 +212,7 @@ def test_training_with_two_encoders_exports_both(folders, tmp_path):
     from pathlib import Path
 
     from t2i_drift.training.config import load_config
-    from t2i_drift.training.trainer import train
+    from t2i_drift.training.runs import train_t2i
 
     recipe = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
     cfg = load_config(
@@ -207,7 +226,7 @@ def test_training_with_two_encoders_exports_both(folders, tmp_path):
             f"text.cache_dir={tmp_path / 'cache'}",
         ],
     )
-    pipe_dir = train(cfg)
+    pipe_dir = train_t2i(cfg)
     pipe = DriftingPipeline.from_pretrained(pipe_dir)
     assert type(pipe.text_encoder_2) is transformers.CLIPTextModelWithProjection
     assert pipe.transformer.config.pooled_embed_dim == 384 + 16

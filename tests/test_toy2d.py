@@ -1,4 +1,4 @@
-"""The paper's 2-D toy (METHOD.md section 8, Figure 3): a generator collapsed onto one mode of a
+"""The paper's 2-D toy (docs/method.md section 8, Figure 3): a generator collapsed onto one mode of a
 bimodal target ends covering both modes, with the raw field."""
 
 import torch
@@ -15,7 +15,7 @@ from t2i_drift.eval.toy2d import (
 
 
 def test_collapsed_init_ends_covering_both_modes():
-    """Figure 3, collapsed case: tau 0.2, 512 samples per step, Adam 1e-3 (METHOD.md section 8
+    """Figure 3, collapsed case: tau 0.2, 512 samples per step, Adam 1e-3 (docs/method.md section 8
     measured a 0.50 / 0.50 split within 250 steps). About 5 s on a laptop CPU."""
     run = train_toy("bimodal", "collapsed", steps=400, batch=512, temperature=0.2, log_every=50, seed=0)
     assert run.left[0] == 1.0  # starts with all of the mass on the left mode

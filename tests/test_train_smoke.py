@@ -1,6 +1,8 @@
 """End to end: a 2-step run on real data writes a loadable pipeline; checkpoints resume exactly."""
 
+import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ from safetensors.torch import load_file
 
 from t2i_drift.training.checkpoint import list_checkpoints
 from t2i_drift.training.config import load_config
-from t2i_drift.training.trainer import PIPELINE_SUBDIR, train
+from t2i_drift.training.objectives import PIPELINE_SUBDIR
+from t2i_drift.training.runs import train_t2i
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
 
@@ -18,7 +21,7 @@ RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
-    train(load_config(RECIPE, [f"train.output_dir={out}"]))
+    train_t2i(load_config(RECIPE, [f"train.output_dir={out}"]))
     return out
 
 
@@ -98,23 +101,71 @@ def test_generate_script_writes_pngs(run_dir, tmp_path):
     assert Image.open(tmp_path / "g.png").size == (3 * 16, 2 * 16)
 
 
-def test_resume_continues_exactly(run_dir, tmp_path):
-    """2 steps straight == 1 step, stop, resume from checkpoint-1, 1 more step."""
-    first = tmp_path / "resumed"
-    train(load_config(RECIPE, [f"train.output_dir={first}", "train.max_steps=1"]))
-    train(
+# Everything a checkpoint holds that a resumed run must reproduce.
+CHECKPOINT_FILES = (
+    "transformer/diffusion_pytorch_model.safetensors",
+    "ema.safetensors",
+    "optimizer.safetensors",
+    "rng_state_0.safetensors",
+)
+
+
+@pytest.fixture(scope="module")
+def one_step_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_step")
+    train_t2i(load_config(RECIPE, [f"train.output_dir={out}", "train.max_steps=1"]))
+    return out
+
+
+def _resume_to_step_2(one_step_dir: Path, out: Path) -> Path:
+    """Copy the 1-step run, resume it from checkpoint-1 for one more step; returns checkpoint-2."""
+    shutil.copytree(one_step_dir, out)
+    train_t2i(
         load_config(
-            RECIPE, [f"train.output_dir={first}", "train.max_steps=2", "train.resume_from_checkpoint=latest"]
+            RECIPE, [f"train.output_dir={out}", "train.max_steps=2", "train.resume_from_checkpoint=latest"]
         )
     )
-    straight = load_file(
-        str(run_dir / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors")
-    )
-    resumed = load_file(
-        str(first / "checkpoints" / "checkpoint-2" / "transformer" / "diffusion_pytorch_model.safetensors")
-    )
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0, msg=key)
+    return out / "checkpoints" / "checkpoint-2"
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    """Tensors that differ between two checkpoint folders (files of CHECKPOINT_FILES)."""
+    differ = []
+    for name in CHECKPOINT_FILES:
+        left, right = load_file(str(a / name)), load_file(str(b / name))
+        assert left.keys() == right.keys(), name
+        differ += [f"{name}:{key}" for key in left if not torch.equal(left[key], right[key])]
+    return differ
+
+
+def test_resume_continues_exactly(run_dir, one_step_dir, tmp_path):
+    """2 steps straight == 1 step, stop, resume from checkpoint-1, 1 more step: model, EMA,
+    optimizer state and the run's RNG all bit for bit."""
+    resumed = _resume_to_step_2(one_step_dir, tmp_path / "resumed")
+    assert _differences(run_dir / "checkpoints" / "checkpoint-2", resumed) == []
+
+
+class _Ignore:
+    def load_state_dict(self, *args, **kwargs) -> None:
+        pass
+
+
+@pytest.mark.parametrize("part", ["model", "ema", "optimizer"])
+def test_resume_check_fails_when_a_part_is_not_restored(run_dir, one_step_dir, tmp_path, monkeypatch, part):
+    """The check above can fail: resuming without restoring the model weights (they stay at the
+    seeded init; this also needs the first optimizer step to move them), the EMA or the optimizer
+    state gives a different checkpoint-2."""
+    from t2i_drift.training import checkpoint
+
+    restore = checkpoint.load_checkpoint
+
+    def partial_restore(path, **kwargs):
+        kwargs[part] = copy.deepcopy(kwargs["model"]) if part == "model" else _Ignore()
+        return restore(path, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", partial_restore)
+    resumed = _resume_to_step_2(one_step_dir, tmp_path / "resumed")
+    assert _differences(run_dir / "checkpoints" / "checkpoint-2", resumed) != []
 
 
 def test_cli_through_accelerate_launch(tmp_path):
@@ -214,8 +265,9 @@ def test_feature_identity_probe_runs(capsys):
 
 
 def test_two_process_ddp_run_on_cpu(tmp_path):
-    """2 gloo processes (ACCELERATE_USE_CPU=1 --multi_gpu, see shared/ENVIRONMENT.md): the drift
-    statistics are all-reduced, each process checkpoints its RNG, the main process exports."""
+    """2 gloo processes (ACCELERATE_USE_CPU=1 --multi_gpu; without it, --multi_gpu on a CPU
+    machine starts two unsynchronised copies): the drift statistics are all-reduced, each process
+    checkpoints its RNG, the main process exports."""
     import os
     import shutil
     import socket

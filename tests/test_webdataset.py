@@ -298,7 +298,7 @@ def test_two_process_training_splits_shards_and_reports_every_process_skips(tmp_
             f"data.path={tmp_path}/d-{{0..3}}.tar",
             "data.shuffle_buffer=0",
             "train.batch_size=4",
-            "features.effnet=false",
+            "features.effnet=null",
         ],
         capture_output=True,
         text=True,
@@ -320,17 +320,17 @@ def test_streamed_training_resumes_exactly(clean, tmp_path):
     from safetensors.torch import load_file
 
     from t2i_drift.training.config import load_config
-    from t2i_drift.training.trainer import train
+    from t2i_drift.training.runs import train_t2i
 
     root, _ = clean
     base = [
         "data.name=webdataset", f"data.path={root}/clean-{{00..03}}.tar", "data.shuffle_buffer=8",
-        "train.batch_size=4", "features.effnet=false",
+        "train.batch_size=4", "features.effnet=null",
     ]  # fmt: skip
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(load_config(RECIPE, [*base, f"train.output_dir={straight}", "train.max_steps=2"]))
-    train(load_config(RECIPE, [*base, f"train.output_dir={resumed}", "train.max_steps=1"]))
-    train(load_config(RECIPE, [*base, f"train.output_dir={resumed}", "train.max_steps=2",
+    train_t2i(load_config(RECIPE, [*base, f"train.output_dir={straight}", "train.max_steps=2"]))
+    train_t2i(load_config(RECIPE, [*base, f"train.output_dir={resumed}", "train.max_steps=1"]))
+    train_t2i(load_config(RECIPE, [*base, f"train.output_dir={resumed}", "train.max_steps=2",
                                "train.resume_from_checkpoint=latest"]))  # fmt: skip
     weights = "checkpoints/checkpoint-2/transformer/diffusion_pytorch_model.safetensors"
     a, b = load_file(str(straight / weights)), load_file(str(resumed / weights))

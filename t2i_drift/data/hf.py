@@ -83,7 +83,7 @@ class HFImageTextDataset(RenderedImageCaptionDataset):
         min_size: images whose shorter side is below this are skipped.
         seed: seed of the caption pick.
     Items:
-        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "index": int}``
+        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "caption_id": int}``
     """
 
     def __init__(
@@ -100,7 +100,7 @@ class HFImageTextDataset(RenderedImageCaptionDataset):
     ):
         columns = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
         data = _prepare_columns(_load(source, split), source, image_column, columns)
-        self.skipped = SkipLog()
+        self.skipped = SkipLog()  # instance attribute (the base class default is None)
         images, captions = [], []
         for row in tqdm(range(len(data)), desc="read dataset", disable=not progress):
             if max_samples is not None and len(images) >= max_samples:

@@ -93,7 +93,7 @@ class OpenMojiDataset(RenderedImageCaptionDataset):
         val_fraction: held-out share of captions.
         max_samples: keep only the first ``max_samples`` of the split (tests, quick runs).
     Items:
-        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "index": int}``
+        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "caption_id": int}``
     """
 
     def __init__(

@@ -296,7 +296,7 @@ class ShapesDataset(RenderedImageCaptionDataset):
         max_samples: keep the first N items.
         seed: base seed of the jitter.
     Items:
-        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "index": int,
+        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "caption_id": int,
         "label": int}``; ``label`` is :func:`scene_label` (``num_classes`` classes).
     """
 

@@ -1,6 +1,6 @@
 """Memory planning for the chunked field evaluation: how many groups fit in a byte budget.
 
-The evaluator in ``field.py`` processes groups in chunks so that its working memory stays under a
+The evaluator in ``bucket.py`` processes groups in chunks so that its working memory stays under a
 budget whatever the batch size. The estimate below counts, per group, the fp32 tensors alive at the
 peak of one chunk: the chunk's inputs (copies when gathered from a shared bank or cast from another
 dtype), then the larger of two stages:
@@ -12,7 +12,7 @@ dtype), then the larger of two stages:
                      temperature (squared in place for its norm)
 
 With more than one chunk, the evaluator walks the groups three times (scale, norms of V_tau, field).
-It caches the distances and coefficients between passes (fixed [G, n, N] + [G, T, n, N] buffers)
+It caches the distances and coefficients between passes (fixed [groups, n, N] + [groups, T, n, N] buffers)
 when they fit in half the budget, and recomputes them otherwise (slower, bounded memory).
 ``scripts/bench_drift.py`` measures the real peak against the budget.
 """

@@ -1,4 +1,4 @@
-"""Pooling of the section-3 normalization scalars over all processes (METHOD.md section 3).
+"""Pooling of the section-3 normalization scalars over all processes (docs/method.md section 3).
 
 The feature scale and the per-temperature drift norms are means over the *global* batch. In a
 distributed run each process holds a slice of the groups, so numerators and denominators are

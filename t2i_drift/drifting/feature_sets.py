@@ -1,8 +1,8 @@
-"""Feature sets of METHOD.md section 4: turn feature maps into keyed groups of vectors.
+"""Feature sets of docs/method.md section 4: turn feature maps into keyed groups of vectors.
 
-Every function returns ``[N, L, D]``: for each of N images, L feature locations (each location is
+Every function returns ``[images, L, D]``: for each image, L feature locations (each location is
 its own group in the loss) of dimension D. Each returned entry is its own feature key with its own
-normalization (section 3). Official sets, per encoder feature map of shape [N, C, H, W]:
+normalization (section 3). Official sets, per encoder feature map of shape [images, C, H, W]:
 
     (a) per-location vectors        L = H*W,            D = C
     (b) global mean, global std     L = 1,              D = C   (two keys)
@@ -24,12 +24,12 @@ _STD_EPS = 1e-6
 
 
 def per_location(fmap: torch.Tensor) -> torch.Tensor:
-    """(a) [N, C, H, W] -> [N, H*W, C]."""
+    """(a) [images, C, H, W] -> [images, H*W, C]."""
     return fmap.flatten(2).transpose(1, 2)
 
 
 def global_mean_std(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b) [N, C, H, W] -> mean [N, 1, C], std [N, 1, C] over H, W."""
+    """(b) [images, C, H, W] -> mean [images, 1, C], std [images, 1, C] over H, W."""
     mean = fmap.mean(dim=(2, 3))
     var = (fmap.square().mean(dim=(2, 3)) - mean.square()).clamp_min(0.0)
     return mean.unsqueeze(1), (var + _STD_EPS).sqrt().unsqueeze(1)
@@ -38,8 +38,8 @@ def global_mean_std(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def patch_mean_std(fmap: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(c)/(d) mean and std over non-overlapping patch x patch windows.
 
-    [N, C, H, W] -> two [N, (H//patch)*(W//patch), C]; trailing rows/columns that do not fill a
-    window are dropped (as average pooling does).
+    [images, C, H, W] -> two [images, (H//patch)*(W//patch), C]; trailing rows/columns that do not
+    fill a window are dropped (as average pooling does).
     """
     mean = F.avg_pool2d(fmap, patch)
     var = (F.avg_pool2d(fmap.square(), patch) - mean.square()).clamp_min(0.0)
@@ -47,12 +47,12 @@ def patch_mean_std(fmap: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.
 
 
 def input_rms(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel RMS of the encoder input: [N, C, H, W] -> [N, 1, C]."""
+    """Per-channel RMS of the encoder input: [images, C, H, W] -> [images, 1, C]."""
     return x.square().mean(dim=(2, 3)).add(_STD_EPS).sqrt().unsqueeze(1)
 
 
 def flattened(x: torch.Tensor) -> torch.Tensor:
-    """The raw output as one vector: [N, C, H, W] -> [N, 1, C*H*W]."""
+    """The raw output as one vector: [images, C, H, W] -> [images, 1, C*H*W]."""
     return x.flatten(1).unsqueeze(1)
 
 
@@ -69,10 +69,10 @@ def map_feature_sets(
     so is a patch size larger than the map.
 
     Args:
-        fmap: [N, C, H, W] feature map.
+        fmap: [images, C, H, W] feature map.
         name: key prefix, e.g. ``"effnet.b3"``.
     Returns:
-        dict key -> [N, L, D].
+        dict key -> [images, L, D].
     """
     out: dict[str, torch.Tensor] = {}
     if include_per_location:

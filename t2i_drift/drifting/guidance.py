@@ -1,4 +1,4 @@
-"""Training-time guidance (METHOD.md section 5): the alpha sampler and the unconditional weight.
+"""Training-time guidance (docs/method.md section 5): the alpha sampler and the unconditional weight.
 
 Negatives are mixed with unconditional real data, q~ = (1 - g) q(.|c) + g p(.|empty). At
 equilibrium q(.|c) = alpha p(.|c) - (alpha - 1) p(.|empty) with alpha = 1 / (1 - g): classifier-free
@@ -14,7 +14,7 @@ import torch
 def guidance_weight(
     alpha: torch.Tensor | float, num_generated: int, num_uncond: torch.Tensor | int
 ) -> torch.Tensor:
-    """w_cfg = (alpha - 1) * (n - 1) / m (METHOD.md section 5).
+    """w_cfg = (alpha - 1) * (n - 1) / m (docs/method.md section 5).
 
     Args:
         alpha: guidance scale per condition, any shape (e.g. [B]); alpha >= 1.

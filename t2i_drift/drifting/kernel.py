@@ -1,8 +1,8 @@
-"""The per-group kernel of the drifting field (METHOD.md section 2), batched over groups.
+"""The per-group kernel of the drifting field (docs/method.md section 2), batched over groups.
 
-These are the pure tensor functions that the chunked evaluator in ``field.py`` calls once per chunk
+These are the pure tensor functions that the chunked evaluator in ``bucket.py`` calls once per chunk
 of groups. They know nothing about feature keys, normalization pooling or processes, which keeps
-them small enough for ``torch.compile``. Notation (METHOD.md):
+them small enough for ``torch.compile``. Notation (docs/method.md):
 
     x = gen  [c, n, D]    generated features of c groups; also the self-masked negatives
     t        [c, N, D]    targets concat[x, u, y]: negatives first, the p positives last
@@ -28,19 +28,19 @@ def pairwise_distances(x: torch.Tensor, t: torch.Tensor | Sequence[torch.Tensor]
     """Plain (not squared) L2 distances in fp32, d_ij = sqrt(max(||x_i - t_j||^2, 1e-8)).
 
     Args:
-        x: [G, n, D]
-        t: [G, N, D], or a sequence of blocks [G, N_b, D] forming the targets in order (the
-            concatenated [G, N, D] copy is never made).
+        x: [groups, n, D]
+        t: [groups, N, D], or a sequence of blocks [groups, N_b, D] forming the targets in order (the
+            concatenated [groups, N, D] copy is never made).
     Returns:
-        [G, n, N] fp32.
+        [groups, n, N] fp32.
     """
     blocks = [t] if isinstance(t, torch.Tensor) else list(t)
     x = x.float()
-    x_sq = _squared_norms(x).unsqueeze(-1)  # [G, n, 1]
+    x_sq = _squared_norms(x).unsqueeze(-1)  # [groups, n, 1]
     out = []
     for b in blocks:
         b = b.float()
-        # ||x||^2 + ||t||^2 - 2 x.t with one batched matmul: O(G n N) memory, not O(G n N D).
+        # ||x||^2 + ||t||^2 - 2 x.t with one batched matmul: O(groups n N) memory, not O(groups n N D).
         sq = torch.baddbmm(x_sq + _squared_norms(b).unsqueeze(1), x, b.transpose(1, 2), alpha=-2.0)
         out.append(sq)
     sq = out[0] if len(out) == 1 else torch.cat(out, dim=-1)
@@ -56,7 +56,7 @@ def drift_coefficients(
     affinity_floor: float,
     self_block: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The coefficients of METHOD.md section 2 (paper Algorithm 2) for every temperature.
+    """The coefficients of docs/method.md section 2 (paper Algorithm 2) for every temperature.
 
     V_tau,i = sum_j coeff_ij t_j - (sum_j coeff_ij) x_i: the field is linear in the targets for
     fixed coefficients, so callers combine temperatures and scales on these [.., n, N] tensors and

@@ -1,7 +1,8 @@
-"""Text-to-image grouping of the drifting loss (METHOD.md section 7): group = prompt x location.
+"""Text-to-image grouping of the drifting loss (docs/method.md section 7): group = prompt x location.
 
-For B prompts with G generated samples each, a feature key with L locations per image gives
-B*L groups. Group (b, l) holds
+For B prompts with G generated samples each (G is always samples per prompt in this project), a
+feature key with L locations per image gives B*L groups of n = G generated samples. Group (b, l)
+holds
     gen: the G samples of prompt b at location l                      [G, D]
     pos: the paired real image of prompt b at location l             [1, D]
     neg: the real images of all B prompts at location l (the unconditional set of section 5),
@@ -10,13 +11,17 @@ B*L groups. Group (b, l) holds
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
-from t2i_drift.drifting.field import DEFAULT_TEMPERATURES, DriftGroups, drifting_losses
+from t2i_drift.drifting.groups import DriftGroups
 from t2i_drift.drifting.guidance import guidance_weight
+from t2i_drift.drifting.loss import drifting_loss
+from t2i_drift.drifting.options import DriftOptions
+
+__all__ = ["group_by_prompt", "text_to_image_drift_loss", "uncond_mask"]
 
 
 def group_by_prompt(
@@ -60,28 +65,25 @@ def text_to_image_drift_loss(
     samples_per_prompt: int,
     alpha: torch.Tensor,
     caption_ids: torch.Tensor,
-    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    options: DriftOptions,
     *,
     key_weights: Mapping[str, float] | None = None,
-    distributed: bool = False,
-    **drift_options: Any,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum over feature keys of the normalized drifting loss (METHOD.md sections 3, 5, 7).
+    """Sum over feature keys of the normalized drifting loss (docs/method.md sections 3, 5, 7).
 
     Args:
-        gen_features: key -> [B*G, L, D] generated features (with grad).
+        gen_features: key -> [B*G, L, D] generated features (with grad), prompt-major.
         real_features: key -> [B, L, D] features of the paired real images (no grad needed).
         samples_per_prompt: G (>= 2).
         alpha: [B] guidance scale per prompt.
         caption_ids: [B] integer id per caption; equal ids mark identical captions.
-        temperatures: taus.
-        key_weights: optional weight per key (default 1: METHOD.md's plain sum over keys). The
+        options: temperatures, pooling over processes, memory budget, ...; ``normalize`` is
+            forced to True (text-to-image training always uses the section-3 normalization).
+        key_weights: optional weight per key (default 1: the method's plain sum over keys). The
             normalization of each key is unchanged; the weight only scales its loss term.
-        distributed: pool normalization scalars across processes.
-        **drift_options: passed to :func:`~t2i_drift.drifting.field.compute_drifts`
-            (``memory_budget``, ``chunk_groups``, ``compile``, ``affinity_floor``, ...).
     Returns:
-        loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>`` (0-d tensors; no device sync).
+        loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>`` (0-d tensors; no device sync),
+        as :func:`~t2i_drift.drifting.loss.drifting_loss` returns them.
     """
     if samples_per_prompt < 2:
         raise ValueError(f"samples_per_prompt must be >= 2 (drift needs negatives), got {samples_per_prompt}")
@@ -103,6 +105,4 @@ def text_to_image_drift_loss(
             neg_mask=valid.repeat_interleave(L, dim=0),  # [B*L, B]
             neg_index=index,
         )
-    return drifting_losses(
-        keys, temperatures, normalize=True, key_weights=key_weights, distributed=distributed, **drift_options
-    )
+    return drifting_loss(keys, replace(options, normalize=True), key_weights=key_weights)

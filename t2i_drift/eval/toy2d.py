@@ -1,7 +1,7 @@
 """2-D toy experiments of the drifting objective: the paper's Figure 3 and the official notebook.
 
 A small MLP maps 2-D Gaussian noise to a 2-D point in one forward pass and is trained with the
-*raw* field (METHOD.md section 8: no section-3 normalization, as the official notebook) on fresh
+*raw* field (docs/method.md section 8: no section-3 normalization, as the official notebook) on fresh
 samples of the target at every step: one group, the generated batch as the self-masked
 negatives, a target batch of the same size as the positives.
 
@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from tqdm.auto import tqdm
 
-from t2i_drift.drifting.field import DEFAULT_AFFINITY_FLOOR, compute_drift
+from t2i_drift.drifting import DEFAULT_AFFINITY_FLOOR, DriftGroups, DriftOptions, evaluate_drift
 
 BIMODAL_CENTER = 2.0
 BIMODAL_STD = 0.3
@@ -133,7 +133,7 @@ def train_toy(
     progress: bool = False,
     callback: Callable[[ToyRun], None] | None = None,
 ) -> ToyRun:
-    """Train a :class:`ToyGenerator` with the raw drifting field (METHOD.md sections 2, 8).
+    """Train a :class:`ToyGenerator` with the raw drifting field (docs/method.md sections 2, 8).
 
     Each step: ``batch`` generated samples x (the self-masked negatives) and ``batch`` fresh target
     samples y (the positives) form one group; loss = mean ||x - stopgrad(x + V)||^2; Adam.
@@ -162,13 +162,13 @@ def train_toy(
         if callback is not None:
             callback(run)
 
+    # One group: the batch of generated samples against a fresh target batch, raw field.
+    options = DriftOptions(temperatures=(temperature,), normalize=False, affinity_floor=affinity_floor)
     v2 = float("nan")
     for step in tqdm(range(steps + 1), desc=f"{target}/{init}", disable=not progress):
         x = model(torch.randn(batch, 2, generator=gen_rng))
         y = sample_target(target, batch, gen_rng)
-        result = compute_drift(
-            x[None], y[None], temperatures=(temperature,), normalize=False, affinity_floor=affinity_floor
-        )
+        result = evaluate_drift({"toy": DriftGroups(x[None], y[None])}, options)["toy"]
         v2 = float(result.raw_v2[float(temperature)]) * 2  # mean over dims -> ||V||^2 per sample
         if step % log_every == 0 or step == steps or step in snapshot_steps:
             record(step, v2)

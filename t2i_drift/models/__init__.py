@@ -4,11 +4,11 @@ from t2i_drift.models.feature_encoders import (
     DecodedLatentFeatures,
     EfficientNetLite0Features,
     FrozenEncoder,
-    HubVisionFeatures,
     MAEFeatures,
     MultiFeatureEncoder,
     RawFeatures,
 )
+from t2i_drift.models.hub_features import HubVisionFeatures
 from t2i_drift.models.mae_resnet import MAEOutput, ResNetMAE
 from t2i_drift.models.transformer_drifting import DRIFTING_PRESETS, DriftingTransformer2DModel
 

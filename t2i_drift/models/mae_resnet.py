@@ -1,4 +1,4 @@
-"""ResNetMAE: the paper's feature encoder, a convolutional masked autoencoder (METHOD.md section 4).
+"""ResNetMAE: the paper's feature encoder, a convolutional masked autoencoder (docs/method.md section 4).
 
 A ResNet of basic blocks (GroupNorm, stage widths C, 2C, 4C, 8C, stage strides 1, 2, 2, 2) reads
 an input in which half of the 2x2 patches are replaced by a learned mask token, and a light decoder

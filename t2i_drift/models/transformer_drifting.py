@@ -1,4 +1,4 @@
-"""DriftingTransformer2DModel: the one-step generator (METHOD.md sections 6 and 7).
+"""DriftingTransformer2DModel: the one-step generator (docs/method.md sections 6 and 7).
 
 A DiT that maps noise of the output's shape to a sample in one forward pass, conditioned on
     - text: per-token embeddings through cross-attention (or joint attention, ``text_attention``),
@@ -16,7 +16,7 @@ T = text tokens, D = hidden size, Dt = text embedding size.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -27,6 +27,9 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 # Named sizes. The small ones train on a laptop CPU; B and L follow DiT-B / DiT-L widths.
+# How image tokens see the text: cross-attention per block, or one joint sequence.
+TextAttention = Literal["cross", "joint"]
+
 DRIFTING_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_attention_heads=2, num_register_tokens=4),
     "XS": dict(hidden_size=192, num_layers=4, num_attention_heads=3, num_register_tokens=16),
@@ -224,7 +227,7 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         text_attention: ``cross`` (PixArt-style: image tokens cross-attend to the text tokens in
             every block) or ``joint`` (single-stream, FLUX single-block style: the projected text
             tokens join the sequence between the registers and the patches, sharing the
-            self-attention and MLP weights). See the README for the measured comparison.
+            self-attention and MLP weights). docs/results.md has the measured comparison.
     """
 
     _supports_gradient_checkpointing = True
@@ -250,7 +253,7 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         guidance_embed_scale: float = 250.0,
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
-        text_attention: str = "cross",
+        text_attention: TextAttention = "cross",
     ):
         super().__init__()
         if text_attention not in ("cross", "joint"):

@@ -3,7 +3,7 @@
     prompt -> text encoder (token embeddings + pooled) -> noise (randn_tensor) + style indices
            -> ONE transformer call with guidance = alpha -> (VAE decode) -> postprocess
 
-``guidance_scale`` is the alpha the generator was trained with (METHOD.md section 5): guidance is
+``guidance_scale`` is the alpha the generator was trained with (docs/method.md section 5): guidance is
 learned, so every value costs the same single forward pass, with no unconditional branch.
 """
 
@@ -18,10 +18,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_text
+from t2i_drift.models.vae import decode_latents, vae_scale_factor
+from t2i_drift.text.conditioner import ENCODER_NAMES, TextConditioner
+from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot
 
 _OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
 
 
 class DriftingPipeline(DiffusionPipeline):
@@ -64,7 +65,7 @@ class DriftingPipeline(DiffusionPipeline):
         super().__init__()
         if (text_encoder_2 is None) != (tokenizer_2 is None):
             raise ValueError("text_encoder_2 and tokenizer_2 must be given together")
-        available = TEXT_ENCODER_NAMES if text_encoder_2 is not None else TEXT_ENCODER_NAMES[:1]
+        available = ENCODER_NAMES if text_encoder_2 is not None else ENCODER_NAMES[:1]
         for name, sources in (("token_sources", token_sources), ("pooled_sources", pooled_sources)):
             if not sources or any(s not in available for s in sources):
                 raise ValueError(f"{name} must be a non-empty list of {list(available)}, got {list(sources)}")
@@ -90,10 +91,7 @@ class DriftingPipeline(DiffusionPipeline):
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell, from the VAE config (1 in pixel space)."""
-        vae = getattr(self, "vae", None)
-        if vae is None:
-            return 1
-        return 2 ** (len(vae.config.block_out_channels) - 1)
+        return vae_scale_factor(getattr(self, "vae", None))
 
     # ------------------------------------------------------------------------------------------
     def encode_prompt(
@@ -106,14 +104,11 @@ class DriftingPipeline(DiffusionPipeline):
 
         Returns TextEmbeddings(embeds [B*n, T, Dt], mask [B*n, T], pooled [B*n, Dp])."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        slots, token_sources, pooled_sources = self.text_slots()
-        emb = encode_text(
-            slots, prompts, token_sources, pooled_sources, device=device or self._execution_device
-        )
-        return self._repeat(emb, num_images_per_prompt)
+        emb = self.text_conditioner().encode(prompts, device or self._execution_device)
+        return emb.repeat(num_images_per_prompt)
 
-    def text_slots(self) -> tuple[list[TextEncoderSlot], list[int], list[int]]:
-        """The text encoders as slots, with the token and pooled sources as slot indices."""
+    def text_conditioner(self) -> TextConditioner:
+        """The pipeline's text encoders as the trainer's :class:`TextConditioner`."""
         slots = [
             TextEncoderSlot(
                 self.text_encoder, self.tokenizer, self.config.max_sequence_length, self.config.text_pooling
@@ -128,20 +123,7 @@ class DriftingPipeline(DiffusionPipeline):
                     self.config.text_pooling_2,
                 )
             )
-        index = {name: i for i, name in enumerate(TEXT_ENCODER_NAMES)}
-        return (
-            slots,
-            [index[s] for s in self.config.token_sources],
-            [index[s] for s in self.config.pooled_sources],
-        )
-
-    @staticmethod
-    def _repeat(emb: TextEmbeddings, n: int) -> TextEmbeddings:
-        return TextEmbeddings(
-            embeds=emb.embeds.repeat_interleave(n, dim=0),
-            mask=emb.mask.repeat_interleave(n, dim=0),
-            pooled=emb.pooled.repeat_interleave(n, dim=0),
-        )
+        return TextConditioner(slots, self.config.token_sources, self.config.pooled_sources)
 
     def check_inputs(
         self,
@@ -278,9 +260,7 @@ class DriftingPipeline(DiffusionPipeline):
             mask = prompt_attention_mask
             if mask is None:
                 mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
-            emb = self._repeat(
-                TextEmbeddings(prompt_embeds, mask, pooled_prompt_embeds), num_images_per_prompt
-            )
+            emb = TextEmbeddings(prompt_embeds, mask, pooled_prompt_embeds).repeat(num_images_per_prompt)
         batch = emb.embeds.shape[0]
 
         # 3. Noise and style
@@ -304,9 +284,7 @@ class DriftingPipeline(DiffusionPipeline):
             image = sample
         else:
             if self.vae is not None:
-                shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-                sample = sample.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
-                sample = self.vae.decode(sample, return_dict=False)[0]
+                sample = decode_latents(self.vae, sample)
             image = self.image_processor.postprocess(sample.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

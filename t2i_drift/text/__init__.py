@@ -1,12 +1,12 @@
-"""Text encoder adapters: tokenizer + frozen encoder -> token embeddings, mask, pooled; a disk cache."""
+"""Text conditioning: encoder adapters, the run's TextConditioner, and an on-disk embedding cache."""
 
 from t2i_drift.text.cache import TextEmbeddingCache, default_cache_dir
+from t2i_drift.text.conditioner import ENCODER_NAMES, TextConditioner
 from t2i_drift.text.encoders import (
     TextEmbeddings,
     TextEncoderSlot,
     combine_embeddings,
     default_pooling,
-    encode_in_batches,
     encode_prompts,
     encode_text,
     encoder_family,
@@ -15,13 +15,14 @@ from t2i_drift.text.encoders import (
 )
 
 __all__ = [
+    "ENCODER_NAMES",
+    "TextConditioner",
     "TextEmbeddingCache",
     "TextEmbeddings",
     "TextEncoderSlot",
     "combine_embeddings",
     "default_cache_dir",
     "default_pooling",
-    "encode_in_batches",
     "encode_prompts",
     "encode_text",
     "encoder_family",

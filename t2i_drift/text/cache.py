@@ -17,13 +17,16 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_in_batches
+from t2i_drift.text.encoders import TextEmbeddings
+
+if TYPE_CHECKING:
+    from t2i_drift.text.conditioner import TextConditioner
 
 
 def default_cache_dir() -> Path:
@@ -67,16 +70,14 @@ def config_fingerprint(model: torch.nn.Module) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def encoder_key(
-    slots: Sequence[TextEncoderSlot], token_sources: Sequence[int], pooled_sources: Sequence[int]
-) -> str:
+def encoder_key(conditioner: TextConditioner) -> str:
     """A short hash of everything that determines the embeddings (module docstring).
 
     Paths are left out on purpose (a model copied elsewhere keeps its key); the weights, config
     and vocabulary identify it.
     """
     encoders = []
-    for s in slots:
+    for s in conditioner.slots:
         encoders.append(
             {
                 "class": type(s.model).__name__,
@@ -90,8 +91,8 @@ def encoder_key(
         )
     desc = {
         "encoders": encoders,
-        "token_sources": list(token_sources),
-        "pooled_sources": list(pooled_sources),
+        "token_sources": conditioner.token_indices,
+        "pooled_sources": conditioner.pooled_indices,
     }
     return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -99,18 +100,10 @@ def encoder_key(
 class TextEmbeddingCache:
     """Embeddings of captions under one encoder key (see the module docstring)."""
 
-    def __init__(
-        self,
-        root: str | Path,
-        slots: Sequence[TextEncoderSlot],
-        token_sources: Sequence[int] = (0,),
-        pooled_sources: Sequence[int] = (0,),
-    ) -> None:
-        self.slots = list(slots)
-        self.token_sources = list(token_sources)
-        self.pooled_sources = list(pooled_sources)
-        self.dir = Path(root) / encoder_key(self.slots, self.token_sources, self.pooled_sources)
-        self.max_length = sum(self.slots[s].max_length for s in self.token_sources)
+    def __init__(self, root: str | Path, conditioner: TextConditioner) -> None:
+        self.conditioner = conditioner
+        self.dir = Path(root) / encoder_key(conditioner)
+        self.max_length = conditioner.max_length
 
     def _shards(self) -> list[Path]:
         return sorted(self.dir.glob("shard-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
@@ -126,13 +119,10 @@ class TextEmbeddingCache:
 
     def _write_shard(self, keys: list[str], emb: TextEmbeddings) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        # Trim after the last position any caption uses (with several token sources the second
-        # encoder's tokens start at the first one's max length, so this is not the longest count).
-        used = emb.mask.bool().any(0).nonzero()
-        length = int(used.max()) + 1 if len(used) else 1
+        emb = emb.trimmed()
         tensors = {
-            "embeds": emb.embeds[:, :length].contiguous().cpu(),
-            "mask": emb.mask[:, :length].contiguous().cpu(),
+            "embeds": emb.embeds.contiguous().cpu(),
+            "mask": emb.mask.contiguous().cpu(),
             "pooled": emb.pooled.contiguous().cpu(),
         }
         shards = self._shards()
@@ -158,13 +148,8 @@ class TextEmbeddingCache:
             if key not in index:
                 missing.setdefault(key, caption)
         if missing:
-            fresh = encode_in_batches(
-                self.slots,
-                list(missing.values()),
-                self.token_sources,
-                self.pooled_sources,
-                batch_size=batch_size,
-                progress=progress,
+            fresh = self.conditioner.encode_in_batches(
+                list(missing.values()), batch_size=batch_size, progress=progress
             )
             self._write_shard(list(missing), fresh)
             index = self._index()
@@ -172,22 +157,15 @@ class TextEmbeddingCache:
         for out_row, key in enumerate(keys):
             shard, row = index[key]
             rows.setdefault(shard, []).append((out_row, row))
-        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"embeds": [], "mask": [], "pooled": []}
+        out: TextEmbeddings | None = None
         for shard, pairs in rows.items():
             out_idx = torch.tensor([o for o, _ in pairs])
             src_idx = torch.tensor([r for _, r in pairs])
             with safe_open(str(shard), framework="pt") as f:
-                for name in parts:
-                    tensor = f.get_tensor(name)[src_idx]
-                    if name != "pooled":  # back to the full length
-                        pad = self.max_length - tensor.shape[1]
-                        tensor = F.pad(tensor, (0, 0, 0, pad) if name == "embeds" else (0, pad))
-                    parts[name].append((out_idx, tensor))
-        out = {}
-        for name, pieces in parts.items():
-            first = pieces[0][1]
-            full = torch.empty((len(keys), *first.shape[1:]), dtype=first.dtype)
-            for out_idx, tensor in pieces:
-                full[out_idx] = tensor
-            out[name] = full
-        return TextEmbeddings(out["embeds"], out["mask"], out["pooled"]), len(missing)
+                part = TextEmbeddings(*(f.get_tensor(name)[src_idx] for name in ("embeds", "mask", "pooled")))
+            part = part.padded(self.max_length)  # back to the full length
+            if out is None:
+                fields = (part.embeds, part.mask, part.pooled)
+                out = TextEmbeddings(*(torch.empty((len(keys), *t.shape[1:]), dtype=t.dtype) for t in fields))
+            out.embeds[out_idx], out.mask[out_idx], out.pooled[out_idx] = part.embeds, part.mask, part.pooled
+        return out, len(missing)

@@ -52,6 +52,31 @@ class TextEmbeddings:
     def index(self, idx: torch.Tensor | slice) -> TextEmbeddings:
         return TextEmbeddings(self.embeds[idx], self.mask[idx], self.pooled[idx])
 
+    def trimmed(self) -> TextEmbeddings:
+        """Drop token positions after the last one any row uses: [B, T] -> [B, T'] (at least 1).
+
+        With several token sources the second encoder's tokens start at the first one's length,
+        so this is the last used position, not the longest row's token count."""
+        used = self.mask.bool().any(0).nonzero()
+        length = int(used.max()) + 1 if len(used) else 1
+        return TextEmbeddings(self.embeds[:, :length], self.mask[:, :length], self.pooled)
+
+    def padded(self, length: int) -> TextEmbeddings:
+        """Zero-pad ``embeds`` and ``mask`` to ``length`` tokens (padding is masked out); the
+        inverse of :meth:`trimmed` for a consumer that expects a fixed T."""
+        pad = length - self.mask.shape[1]
+        if pad <= 0:
+            return self
+        return TextEmbeddings(F.pad(self.embeds, (0, 0, 0, pad)), F.pad(self.mask, (0, pad)), self.pooled)
+
+    def repeat(self, n: int) -> TextEmbeddings:
+        """Each row ``n`` times in a row: [B, ...] -> [B*n, ...] (row b*n + i is prompt b)."""
+        return TextEmbeddings(
+            self.embeds.repeat_interleave(n, dim=0),
+            self.mask.repeat_interleave(n, dim=0),
+            self.pooled.repeat_interleave(n, dim=0),
+        )
+
     @staticmethod
     def cat(parts: Sequence[TextEmbeddings]) -> TextEmbeddings:
         """Concatenate along the batch axis (all parts share T)."""
@@ -204,10 +229,7 @@ def encode_prompts(
                 f"text pooling 'pooler' but {type(text_encoder).__name__} returns no pooled output"
             )
         pooled = pooled.float()
-    pad = max_length - hidden.shape[1]
-    embeds = F.pad(hidden, (0, 0, 0, pad))
-    full_mask = F.pad(mask, (0, pad))
-    return TextEmbeddings(embeds=embeds, mask=full_mask, pooled=pooled)
+    return TextEmbeddings(embeds=hidden, mask=mask, pooled=pooled).padded(max_length)
 
 
 def combine_embeddings(
@@ -243,21 +265,3 @@ def encode_text(
     if device is not None:
         parts = [p.to(device) for p in parts]
     return combine_embeddings(parts, token_sources, pooled_sources)
-
-
-def encode_in_batches(
-    slots: Sequence[TextEncoderSlot],
-    prompts: list[str],
-    token_sources: Sequence[int] = (0,),
-    pooled_sources: Sequence[int] = (0,),
-    batch_size: int = 256,
-    progress: bool = True,
-) -> TextEmbeddings:
-    """Encode many prompts (e.g. every caption of a dataset once) with a progress bar."""
-    from tqdm.auto import tqdm
-
-    chunks = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="encode captions", disable=not progress):
-        batch = prompts[start : start + batch_size]
-        chunks.append(encode_text(slots, batch, token_sources, pooled_sources))
-    return TextEmbeddings.cat(chunks)

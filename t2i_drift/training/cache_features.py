@@ -17,22 +17,14 @@ import webdataset as wds
 from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import save as save_safetensors
-from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from t2i_drift.data.feature_cache import FEATURE_PREFIX
-from t2i_drift.data.images import SkipLog
-from t2i_drift.data.streaming import StreamingImageTextDataset
 from t2i_drift.data.webdataset import FEATURES_MEMBER
-from t2i_drift.text.encoders import encode_text
-from t2i_drift.training.batch_inputs import BatchInputs
-from t2i_drift.training.builders import (
-    build_dataset,
-    build_feature_encoder,
-    encode_latents,
-    load_text_slots,
-    load_vae,
-)
+from t2i_drift.models.vae import encode_latents, load_vae
+from t2i_drift.text.encoders import TextEmbeddings
+from t2i_drift.training.batch_inputs import producers
+from t2i_drift.training.builders import build_feature_encoder, build_source, build_text_conditioner
 from t2i_drift.training.config import Config, save_config
 
 META_FILE = "cache_meta.json"
@@ -44,6 +36,25 @@ def _png(pixels: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _sample_tensors(
+    text: TextEmbeddings,
+    latents: torch.Tensor | None,
+    features: dict[str, torch.Tensor],
+    row: int,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """One sample's tensors: its text embeddings (``text``: one row, trailing padding dropped),
+    latents [C, h, w] and feature row ``row`` of every key, as contiguous CPU tensors."""
+    text = text.trimmed()
+    tensors = {"embeds": text.embeds[0].to(dtype), "mask": text.mask[0], "pooled": text.pooled[0].to(dtype)}
+    if latents is not None:
+        tensors["latents"] = latents.to(dtype)
+    for key, value in features.items():
+        tensors[FEATURE_PREFIX + key] = value[row].to(dtype)
+    # clone: views of one tensor (raw features of the latents) cannot share storage
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
 
 
 def cache_features(
@@ -71,67 +82,38 @@ def cache_features(
         the summary written to ``out_dir/cache_meta.json`` (per process: counts of this one).
     """
     accelerator = Accelerator()
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = accelerator.device
 
-    dataset = build_dataset(cfg, "train", batch_size=batch_size)
-    skips = SkipLog()
-    if isinstance(dataset, StreamingImageTextDataset):
-        if getattr(dataset, "resampled", False):
-            raise ValueError("data.resampled=true never ends: cache a finite pass (data.resampled=false)")
-        dataset.shuffle_buffer = 0  # stream order: a cache needs no shuffling
-        loader = DataLoader(dataset, batch_size=None, num_workers=cfg.data.num_workers)
-    else:
-        if hasattr(dataset, "skipped"):
-            skips.merge(dataset.skipped)
-        mine = Subset(dataset, range(rank, len(dataset), world))
-        loader = DataLoader(mine, batch_size=batch_size, num_workers=cfg.data.num_workers)
+    if cfg.data.resampled and cfg.data.name == "webdataset":
+        raise ValueError("data.resampled=true never ends: cache a finite pass (data.resampled=false)")
+    # In order, every sample once; each process its own share.
+    source = build_source(cfg.data, batch_size, cfg.train.seed, shuffle=False)
+    source.prepare(accelerator)
 
-    slots, token_sources, pooled_sources = load_text_slots(cfg.text)
-    for slot in slots:
-        slot.model.to(device)
-    vae = load_vae(cfg)
-    if vae is not None:
-        vae.to(device)
+    conditioner = build_text_conditioner(cfg.text).to(device)
+    vae = None if cfg.model.vae is None else load_vae(cfg.model.vae, cfg.model.vae_subfolder).to(device)
     if vae is None and not include_images:
         raise ValueError("--no_images needs model.vae: a pixel-space run trains on the images themselves")
-    features = build_feature_encoder(cfg, vae).to(device)
-    meta = BatchInputs.expected(cfg, slots, token_sources, pooled_sources, vae, features)
-    if not include_features:
-        meta["features_key"] = ""
+    features = build_feature_encoder(cfg.features, cfg.data.resolution, vae).to(device)
+    cached_features = (cfg.features, features) if include_features else None
+    meta = producers(conditioner, vae, cfg.data.resolution, cached_features)
 
     writer = wds.ShardWriter(str(out_dir / f"shard-{rank:03d}-%06d.tar"), maxcount=shard_size, verbose=0)
     written = 0
+    show = progress and accelerator.is_main_process
     with torch.no_grad():
-        for batch in tqdm(
-            loader, desc="cache features", disable=not (progress and accelerator.is_main_process)
-        ):
-            skips.extend(batch.pop("skipped", ()))
-            if not batch["caption"]:
-                continue
+        for batch in tqdm(source.batches(0), desc="cache features", disable=not show):
             pixels = batch["pixel_values"].to(device)  # [B, 3, R, R]
-            text = encode_text(slots, list(batch["caption"]), token_sources, pooled_sources, device)
+            text = conditioner.encode(batch["caption"])
             real = encode_latents(vae, pixels) if vae is not None else pixels  # [B, C, h, w]
             feats = features(real) if include_features else {}  # key -> [B, L, D]
             for i, caption in enumerate(batch["caption"]):
-                used = text.mask[i].nonzero()
-                length = int(used.max()) + 1 if len(used) else 1  # trim trailing padding
-                tensors = {
-                    "embeds": text.embeds[i, :length].to(dtype),
-                    "mask": text.mask[i, :length],
-                    "pooled": text.pooled[i].to(dtype),
-                }
-                if vae is not None:
-                    tensors["latents"] = real[i].to(dtype)
-                for key, value in feats.items():
-                    tensors[FEATURE_PREFIX + key] = value[i].to(dtype)
-                # clone: views of one tensor (raw features of the latents) cannot share storage
-                tensors = {
-                    k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-                    for k, v in tensors.items()
-                }
+                tensors = _sample_tensors(
+                    text.index(slice(i, i + 1)), real[i] if vae is not None else None, feats, i, dtype
+                )
                 sample = {
                     "__key__": f"{rank:03d}-{written:09d}",
                     "txt": caption,
@@ -146,17 +128,26 @@ def cache_features(
         **meta,
         "process": rank,
         "samples": written,
-        "skipped": skips.to_dict(),
+        "skipped": source.skips.to_dict(),
         "images": include_images,
         "features": include_features,
         "dtype": str(dtype).removeprefix("torch."),
     }
+    _write_summaries(accelerator, cfg, out_dir, summary, meta)
+    if accelerator.is_main_process:
+        accelerator.print(f"wrote {written} samples to {out_dir}; {source.skips.report()} (process {rank})")
+    return summary
+
+
+def _write_summaries(accelerator: Accelerator, cfg: Config, out_dir: Path, summary: dict, meta: dict) -> None:
+    """Each process's ``cache_meta-<rank>.json``, then the main process's ``cache_meta.json`` (totals
+    and every process's part) and the config the shards were made with."""
+    rank = accelerator.process_index
     (out_dir / f"cache_meta-{rank:03d}.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
+        world = accelerator.num_processes
         parts = [json.loads((out_dir / f"cache_meta-{r:03d}.json").read_text()) for r in range(world)]
         total = {**meta, "samples": sum(p["samples"] for p in parts), "processes": parts}
         (out_dir / META_FILE).write_text(json.dumps(total, indent=2))
-        accelerator.print(f"wrote {total['samples']} samples to {out_dir}; {skips.report()} (process {rank})")
-    return summary

@@ -1,24 +1,26 @@
-"""Run configuration: a tree of typed dataclasses, loaded from YAML, overridden as ``section.key=value``.
-
-Loading is strict: an unknown section or key, or a value of the wrong type, raises a
-``ConfigError`` that names the file (or override) and the dotted key at fault.
+"""The text-to-image run configuration: a tree of typed dataclasses, loaded from a YAML recipe and
+``section.key=value`` overrides with strict checking (training/strict_config.py): unknown keys,
+wrong types and out-of-range values are errors that name the file or override and the dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-import yaml
+from t2i_drift.models.transformer_drifting import TextAttention
+from t2i_drift.training.strict_config import (
+    ConfigError,
+    apply_overrides,
+    check_ranges,
+    load_tree,
+    save_config,
+)
+from t2i_drift.training.strict_config import config_from_dict as _tree_from_dict
 
-
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or has a value of the wrong type."""
+__all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "load_config", "save_config"]
 
 
 @dataclass
@@ -65,6 +67,9 @@ class ModelConfig:
     preset: str = "XS"
     """Named size from ``DRIFTING_PRESETS`` (tiny, XS, S, M, B, L)."""
     patch_size: int = 4
+    text_attention: TextAttention = "cross"
+    """``cross``: image tokens cross-attend to the text tokens in every block; ``joint``: text
+    tokens join the sequence (single-stream self-attention)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Any other ``DriftingTransformer2DModel`` config argument, e.g. {num_layers: 8}."""
     vae: str | None = None
@@ -72,6 +77,8 @@ class ModelConfig:
     space (scaling and shift factors from the VAE config) and the pipeline decodes."""
     vae_subfolder: str | None = None
     """The VAE's folder inside a pipeline repository, e.g. ``vae``."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in the backward pass (less memory, about a third more time)."""
 
 
 TextEncoderName = Literal["text_encoder", "text_encoder_2"]
@@ -102,41 +109,71 @@ class TextConfig:
 
 
 @dataclass
-class FeaturesConfig:
-    effnet: bool = False
-    """Use frozen EfficientNet-Lite0 multi-scale features (off by default: at 32 px they drive the
-    generator to adversarial per-patch textures, see README "Feature spaces")."""
-    effnet_blocks: list[int] = field(default_factory=lambda: [0, 2, 4, 10])
-    effnet_input_size: int = 32
-    patch_sizes: list[int] = field(default_factory=lambda: [2, 4])
-    per_location: bool = True
-    """Include set (a), per-location vectors, of every EfficientNet map."""
-    raw: bool = True
-    """The flattened generator output as one more feature key."""
-    effnet_weight: float = 1.0
-    """Loss weight of every EfficientNet key (METHOD.md: 1, a plain sum over keys)."""
-    raw_weight: float = 1.0
-    """Loss weight of the raw-output key."""
-    mae: str | None = None
-    """A trained ResNetMAE (scripts/train_mae.py output folder or its ``mae/`` subfolder), the
-    paper's encoder: its ``in_channels`` must match the generator's space (3 for pixels, the VAE's
-    latent channels with ``model.vae``)."""
-    mae_maps: list[str] | None = None
-    """MAE feature maps to use (``s1.b2``, ``s1.out``, ..., ``s4.out``); null: all nine."""
-    mae_weight: float = 1.0
+class RawFeatureConfig:
+    """The flattened generator output as one feature key (``raw/flat``)."""
+
+    weight: float = 1.0
+    """Loss weight of the key (docs/method.md section 3: 1, a plain sum over keys)."""
+
+
+@dataclass
+class EffNetFeatureConfig:
+    """Frozen ImageNet EfficientNet-Lite0 multi-scale features (shipped offline)."""
+
+    blocks: list[int] = field(default_factory=lambda: [0, 2, 4, 10])
+    """MBConv blocks whose output maps give feature sets (0: 16 ch /2 ... 15: 320 ch /32)."""
+    input_size: int = 32
+    """Side the images are resized to before the network."""
+    weight: float = 1.0
+    """Loss weight of every EfficientNet key."""
+
+
+@dataclass
+class MAEFeatureConfig:
+    """A trained ResNetMAE (scripts/train_mae.py), the paper's encoder."""
+
+    path: str = ""
+    """Its folder (a train_mae output folder or its ``mae/`` subfolder); its ``in_channels`` must
+    match the generator's space (3 for pixels, the VAE's latent channels with ``model.vae``)."""
+    maps: list[str] | None = None
+    """Feature maps to use (``s1.b2``, ``s1.out``, ..., ``s4.out``); null: all nine."""
+    weight: float = 1.0
     """Loss weight of every MAE key."""
-    hub: str | None = None
-    """Any transformers vision backbone (``AutoBackbone``: ConvNeXt-V2, DINOv2, ...) by hub id or
-    local folder, frozen, e.g. ``facebook/convnextv2-tiny-22k-224``."""
-    hub_out_features: list[str] | None = None
+
+
+@dataclass
+class HubFeatureConfig:
+    """Any transformers vision backbone (ConvNeXt-V2, DINOv2, ...), frozen."""
+
+    name: str = ""
+    """Hub id or local folder, e.g. ``facebook/convnextv2-tiny-22k-224``."""
+    out_features: list[str] | None = None
     """The backbone's stages to use (``stage1``...); null: every stage but the stem."""
-    hub_input_size: int | None = None
-    """Side the images are resized to for the backbone; null: from its preprocessor config."""
-    hub_weight: float = 1.0
+    input_size: int | None = None
+    """Side the images are resized to; null: from its preprocessor config."""
+    weight: float = 1.0
     """Loss weight of every hub-backbone key."""
-    decode_latents: bool = False
-    """With ``model.vae``: the pixel-space encoders (EfficientNet, hub backbone) see the
-    VAE-decoded latents (generated and real alike; the decoder is frozen but differentiable)."""
+
+
+FEATURE_ENCODERS = ("raw", "effnet", "mae", "hub")
+
+
+@dataclass
+class FeaturesConfig:
+    """Frozen feature encoders whose keys enter the drifting loss, each with its own weight; null
+    switches an encoder off. With ``model.vae`` the pixel-space encoders (``effnet``, ``hub``) see
+    the VAE-decoded latents (frozen but differentiable decoder)."""
+
+    raw: RawFeatureConfig | None = field(default_factory=RawFeatureConfig)
+    effnet: EffNetFeatureConfig | None = None
+    """Off by default: at 32 px these keys drive the generator to per-patch textures
+    (docs/results.md "Feature spaces")."""
+    mae: MAEFeatureConfig | None = None
+    hub: HubFeatureConfig | None = None
+    patch_sizes: list[int] = field(default_factory=lambda: [2, 4])
+    """Patch mean/std sets of every encoder's feature maps (docs/method.md section 4)."""
+    per_location: bool = True
+    """Include set (a), per-location vectors, of every encoder's feature maps."""
 
 
 @dataclass
@@ -168,10 +205,14 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """What the training loop (training/loop.py) reads, for every kind of run."""
+
     output_dir: str = "outputs/default"
     batch_size: int = 16
-    """Prompts per step per process; each prompt draws ``drift.samples_per_prompt`` samples."""
+    """Samples per step per process (text-to-image: prompts, each drawing
+    ``drift.samples_per_prompt`` generated samples)."""
     max_steps: int = 1000
+    """Optimizer steps (MAE runs: pretraining steps; the fine-tune steps come after these)."""
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     checkpointing_steps: int = 250
@@ -179,7 +220,6 @@ class TrainConfig:
     resume_from_checkpoint: str | None = None
     """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
     log_every: int = 10
-    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -215,140 +255,14 @@ class Config:
         return dataclasses.asdict(self)
 
 
-# ----------------------------------------------------------------------------------------------
-#                                     strict loading
-# ----------------------------------------------------------------------------------------------
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a text-to-image recipe (None: the built-in defaults) and apply dotted overrides."""
+    return load_tree(Config, path, overrides, validate_config)
 
 
-def _check_value(value: Any, annotation: Any, where: str) -> Any:
-    """Return ``value`` converted to ``annotation`` (int -> float only) or raise ConfigError."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            if arg is type(None):
-                if value is None:
-                    return None
-                continue
-            try:
-                return _check_value(value, arg, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not match {annotation}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it spells.
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported annotation {annotation}")
-
-
-def _merge_into(obj: Any, values: dict[str, Any], where: str) -> None:
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in values.items():
-        dotted = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown key {dotted!r}; valid keys here: {sorted(names)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _merge_into(current, value, dotted)
-        else:
-            setattr(obj, key, _check_value(value, hints[key], dotted))
-
-
-# Any config tree of dataclasses (Config, or another run type's, e.g. MAEConfig).
-ConfigT = TypeVar("ConfigT")
-
-
-def config_from_dict(values: dict[str, Any], source: str = "config", cls: type[ConfigT] = Config) -> ConfigT:
-    """Build a ``cls`` (default Config) from nested dicts; ``source`` names the origin in errors."""
-    cfg = cls()
-    try:
-        _merge_into(cfg, values or {}, "")
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    return cfg
-
-
-def apply_overrides(cfg: ConfigT, overrides: list[str]) -> ConfigT:
-    """Apply ``section.key=value`` strings; values are parsed as YAML (``0.5``, ``[1, 2]``, ``null``)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        dotted, raw = item.split("=", 1)
-        keys = dotted.strip().split(".")
-        if len(keys) < 2:
-            raise ConfigError(f"override {item!r} must name a section and a key, e.g. train.max_steps=10")
-        value: Any = yaml.safe_load(raw) if raw.strip() else ""
-        nested: dict[str, Any] = value
-        for key in reversed(keys):
-            nested = {key: nested}
-        try:
-            _merge_into(cfg, nested, "")
-        except ConfigError as err:
-            raise ConfigError(f"override {item!r}: {err}") from None
-    return cfg
-
-
-def load_config(
-    path: str | Path | None = None,
-    overrides: list[str] | None = None,
-    cls: type[ConfigT] = Config,
-    validate: Callable[[Any, str], None] | None = None,
-) -> ConfigT:
-    """Load a YAML recipe (None: the built-in defaults) and apply dotted overrides.
-
-    ``cls`` is the config tree (default: the text-to-image Config) and ``validate(cfg, source)`` its
-    range checks (default: :func:`validate_config`, which expects a Config).
-    """
-    if path is None:
-        cfg = cls()
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            values = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        cfg = config_from_dict(values or {}, source=str(path), cls=cls)
-    cfg = apply_overrides(cfg, overrides or [])
-    (validate or validate_config)(cfg, "config" if path is None else str(path))
-    return cfg
+def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
+    """A Config from nested dicts (e.g. the one saved in a checkpoint); ``source`` names the origin."""
+    return _tree_from_dict(values, Config, source)
 
 
 def validate_config(cfg: Config, source: str = "config") -> None:
@@ -378,20 +292,12 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.caption_columns", len(cfg.data.caption_columns) > 0, "must name at least one column"),
         (
-            "features.effnet",
-            cfg.model.vae is None or not cfg.features.effnet or cfg.features.decode_latents,
-            "needs pixels: with model.vae set features.decode_latents=true (or features.effnet=false)",
+            "features",
+            any(getattr(cfg.features, name) is not None for name in FEATURE_ENCODERS),
+            f"must enable at least one of {list(FEATURE_ENCODERS)}",
         ),
-        (
-            "features.hub",
-            cfg.model.vae is None or cfg.features.hub is None or cfg.features.decode_latents,
-            "needs pixels: with model.vae set features.decode_latents=true (or features.hub=null)",
-        ),
-        (
-            "features.decode_latents",
-            cfg.model.vae is not None or not cfg.features.decode_latents,
-            "needs model.vae (there are no latents to decode in a pixel-space run)",
-        ),
+        ("features.mae.path", cfg.features.mae is None or bool(cfg.features.mae.path), "must be set"),
+        ("features.hub.name", cfg.features.hub is None or bool(cfg.features.hub.name), "must be set"),
         (
             "text.token_sources",
             cfg.text.encoder_2 is not None or "text_encoder_2" not in cfg.text.token_sources,
@@ -405,18 +311,9 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ("text.token_sources", len(cfg.text.token_sources) > 0, "must name at least one encoder"),
         ("text.pooled_sources", len(cfg.text.pooled_sources) > 0, "must name at least one encoder"),
     ]
-    for key, ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {key} = {_lookup(cfg, key)!r} {message}")
+    for name in FEATURE_ENCODERS:
+        encoder = getattr(cfg.features, name)
+        checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
+    check_ranges(cfg, source, checks)
 
 
-def _lookup(cfg: Any, dotted: str) -> Any:
-    obj: Any = cfg
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    """Write any config tree of dataclasses (Config, MAEConfig) as YAML."""
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

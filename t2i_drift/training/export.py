@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 
 from t2i_drift.hub import render_model_card
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+from t2i_drift.models.vae import load_vae
 from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
-from t2i_drift.text.encoders import TextEncoderSlot
-from t2i_drift.training.builders import load_text_slots, load_vae
+from t2i_drift.text.conditioner import TextConditioner
+from t2i_drift.training.builders import build_text_conditioner
 from t2i_drift.training.config import Config, config_from_dict, save_config
 
 SAMPLE_GRID_NAME = "samples.png"
@@ -29,10 +30,11 @@ _VARIANT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_pipeline(
-    cfg: Config, transformer: DriftingTransformer2DModel, slots: list[TextEncoderSlot], vae: Any = None
+    cfg: Config, transformer: DriftingTransformer2DModel, conditioner: TextConditioner, vae: Any = None
 ) -> DriftingPipeline:
-    """The inference pipeline for a generator trained with ``cfg`` and the text encoders ``slots``
+    """The inference pipeline for a generator trained with ``cfg`` and the text ``conditioner``
     (and ``vae`` for latent-space generators)."""
+    slots = conditioner.slots
     second = slots[1] if len(slots) > 1 else None
     return DriftingPipeline(
         transformer=transformer,
@@ -66,7 +68,7 @@ def sample_grid(pipe: DriftingPipeline, cfg: Config, seed: int):
 def export_pipeline(
     cfg: Config,
     transformer: DriftingTransformer2DModel,
-    slots: list[TextEncoderSlot],
+    conditioner: TextConditioner,
     out_dir: str | Path,
     *,
     steps: int,
@@ -87,7 +89,7 @@ def export_pipeline(
         raise ValueError(f"variant must be one of {sorted(_VARIANT_DTYPES)} or None, got {variant!r}")
     out_dir = Path(out_dir)
     transformer.eval()
-    pipe = make_pipeline(cfg, transformer, slots, vae)
+    pipe = make_pipeline(cfg, transformer, conditioner, vae)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(out_dir)
     if variant is not None:
@@ -149,13 +151,12 @@ def export_checkpoint(
     model = load_checkpoint_generator(checkpoint, use_ema=use_ema)
     meta = json.loads((checkpoint / "trainer_state.json").read_text())
     cfg = config_from_dict(meta["config"], source=f"{checkpoint}/trainer_state.json")
-    slots, _, _ = load_text_slots(cfg.text)
     return export_pipeline(
         cfg,
         model,
-        slots,
+        build_text_conditioner(cfg.text),
         out_dir,
-        vae=load_vae(cfg),
+        vae=None if cfg.model.vae is None else load_vae(cfg.model.vae, cfg.model.vae_subfolder),
         steps=int(meta["step"]),
         variant=variant,
         repo_or_path=repo_or_path,

@@ -1,8 +1,9 @@
 """Run configuration of MAE feature-encoder training (``scripts/train_mae.py``).
 
-The same strict loading as the text-to-image config (t2i_drift/training/config.py): unknown keys
+The same strict loading as the text-to-image config (training/config.py): unknown keys
 and wrong types raise a ``ConfigError`` naming the file or override and the dotted key. The
-``data`` and ``optim`` sections are the text-to-image ones (same keys, same meaning).
+``data``, ``optim`` and ``train`` sections are the text-to-image ones (same keys, same meaning;
+other defaults).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from t2i_drift.training.config import ConfigError, DataConfig, OptimConfig, _lookup, load_config
+from t2i_drift.training.config import DataConfig, OptimConfig, TrainConfig
+from t2i_drift.training.strict_config import check_ranges, load_tree
 
 
 @dataclass
@@ -40,22 +42,6 @@ class MAEModelConfig:
 
 
 @dataclass
-class MAETrainConfig:
-    output_dir: str = "outputs/mae"
-    batch_size: int = 64
-    """Images per step per process."""
-    max_steps: int = 2000
-    """Masked-reconstruction (pretraining) steps; the fine-tune steps come after these."""
-    seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None
-    """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
-    log_every: int = 50
-
-
-@dataclass
 class FinetuneConfig:
     """Classification fine-tune after pretraining (paper: width 640 + fine-tune gave its best
     FID). Runs only when the dataset has labels (``shapes``: the first object's shape x colour);
@@ -80,15 +66,15 @@ class MAEConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(name="shapes"))
     model: MAEModelConfig = field(default_factory=MAEModelConfig)
     optim: OptimConfig = field(default_factory=_mae_optim)
-    train: MAETrainConfig = field(default_factory=MAETrainConfig)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            output_dir="outputs/mae", batch_size=64, max_steps=2000, checkpointing_steps=500, log_every=50
+        )
+    )
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# Map-style datasets only: the loop shuffles with a seeded sampler and resumes by skipping batches.
-MAE_DATASETS = ("openmoji", "shapes", "hf")
 
 
 def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
@@ -96,8 +82,11 @@ def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
     m, t = cfg.model, cfg.train
     cell = m.stem_patch_size * m.mask_patch_size
     checks = [
-        ("data.name", cfg.data.name in MAE_DATASETS, f"must be one of {list(MAE_DATASETS)}"),
-        ("data.path", cfg.data.name != "hf" or bool(cfg.data.path), "must be set when data.name is hf"),
+        (
+            "data.path",
+            cfg.data.name not in ("hf", "webdataset") or bool(cfg.data.path),
+            "must be set when data.name is hf or webdataset",
+        ),
         ("model.width", m.width >= 1, "must be >= 1"),
         ("model.depths", len(m.depths) > 0 and min(m.depths) >= 1, "must be a non-empty list of ints >= 1"),
         ("model.stem_patch_size", m.stem_patch_size >= 1, "must be >= 1"),
@@ -123,11 +112,9 @@ def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
         ("finetune.reconstruction_weight", cfg.finetune.reconstruction_weight >= 0, "must be >= 0"),
         ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),
     ]
-    for key, ok, message in checks:
-        if not ok:
-            raise ConfigError(f"{source}: {key} = {_lookup(cfg, key)!r} {message}")
+    check_ranges(cfg, source, checks)
 
 
 def load_mae_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MAEConfig:
     """Load an MAE recipe (None: the built-in defaults) and apply ``section.key=value`` overrides."""
-    return load_config(path, overrides, cls=MAEConfig, validate=validate_mae_config)
+    return load_tree(MAEConfig, path, overrides, validate_mae_config)

@@ -1,0 +1,264 @@
+"""The one Accelerate training loop; what it trains is an :class:`Objective` (objectives/base.py).
+
+    data source -> objective.build (frozen parts + trainable model) -> AdamW + warm-up schedule
+    -> for each step: objective.loss -> backward -> clip -> step -> EMA
+       -> metrics (averaged over the log window) -> checkpoint
+    -> objective.export(EMA model) -> run summary
+
+Output folder layout (``train.output_dir``); objectives add their own exports:
+    config.yaml                 resolved run config
+    logs/metrics.jsonl          one JSON line per logged window
+    checkpoints/checkpoint-N/   resumable state (safetensors + JSON, training/checkpoint.py)
+    run_summary.json            steps, wall time, throughput, peak memory, skipped data
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from t2i_drift.data.images import SkipLog
+from t2i_drift.data.source import DataSource
+from t2i_drift.training.builders import build_optimizer, build_source
+from t2i_drift.training.checkpoint import TrainerState, resume_if_requested, save_and_prune
+from t2i_drift.training.config import save_config
+from t2i_drift.training.ema import ema_copy, make_ema
+from t2i_drift.training.objectives.base import Objective
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+@dataclass
+class _Run:
+    """Everything the step loop touches."""
+
+    cfg: Any
+    objective: Objective
+    accelerator: Accelerator
+    source: DataSource
+    model: torch.nn.Module  # prepared (DDP-wrapped in distributed runs)
+    unwrapped: Any
+    optimizer: Any
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: Any
+    rng: torch.Generator
+    state: TrainerState
+    out_dir: Path
+    window: dict[str, torch.Tensor] = field(default_factory=dict)  # stat sums since the last log line
+    window_steps: int = 0
+    steps_this_run: int = 0
+
+
+def train(cfg: Any, objective: Objective) -> Path:
+    """Run ``objective`` with the ``data``, ``optim`` and ``train`` sections of ``cfg``; returns the
+    output folder. Exact resume: ``train.resume_from_checkpoint`` (a folder or ``latest``)."""
+    run = _setup(cfg, objective)
+    progress = tqdm(
+        total=objective.total_steps,
+        initial=run.state.step,
+        desc=objective.name,
+        disable=not run.accelerator.is_main_process,
+    )
+    t_start = time.perf_counter()
+    try:
+        _run_epochs(run, progress, t_start)
+    finally:
+        progress.close()
+    wall = time.perf_counter() - t_start
+    _finish(run, wall)
+    return run.out_dir
+
+
+def _setup(cfg: Any, objective: Objective) -> _Run:
+    out_dir = Path(cfg.train.output_dir)
+    seed = cfg.train.seed
+    source = build_source(cfg.data, cfg.train.batch_size, seed)
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        project_dir=str(out_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+        kwargs_handlers=objective.prepare_run(source),
+    )
+    set_seed(seed, device_specific=True)
+    if accelerator.is_main_process:
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    # The loop's own generator for every random draw of a step (noise, alpha, style, masks):
+    # nothing else consumes it, so a resumed run continues the exact stream (libraries may draw
+    # from the global RNG at any time).
+    rng = torch.Generator(device=accelerator.device).manual_seed(seed * 1000 + accelerator.process_index)
+    model = objective.build(accelerator, source, rng)
+    optimizer = build_optimizer(model, cfg.optim)
+    # Stepped once per optimizer step on every process (not through accelerator.prepare, which
+    # would step it num_processes times and shorten the warm-up in distributed runs).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(objective.lr_factor, warmup_steps=cfg.optim.warmup_steps)
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    source.prepare(accelerator)
+    unwrapped = accelerator.unwrap_model(model)
+    ema = make_ema(unwrapped, cfg.optim, accelerator.device)
+    state = resume_if_requested(
+        cfg.train.resume_from_checkpoint,
+        out_dir / "checkpoints",
+        log=accelerator.print,
+        model=unwrapped,
+        ema=ema,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        process_index=accelerator.process_index,
+        generators={"train": rng},
+        model_subfolder=objective.model_subfolder,
+    )
+    accelerator.print(
+        f"{source.describe()} | {objective.describe(unwrapped)} | {accelerator.num_processes} process(es)"
+    )
+    return _Run(
+        cfg, objective, accelerator, source, model, unwrapped, optimizer, scheduler, ema, rng, state, out_dir
+    )
+
+
+def _run_epochs(run: _Run, progress: tqdm, t_start: float) -> None:
+    """Steps until ``objective.total_steps``, epoch after epoch, resuming inside an epoch."""
+    state, total = run.state, run.objective.total_steps
+    while state.step < total:
+        steps_before = state.step
+        for batch in run.source.batches(state.epoch, state.batches_in_epoch):
+            lr = _step(run, batch)
+            state.step += 1
+            state.batches_in_epoch += 1
+            run.steps_this_run += 1
+            progress.update(1)
+            _maybe_log(run, lr, progress, t_start)
+            _maybe_checkpoint(run)
+            if state.step >= total:
+                return
+        if state.step == steps_before and not state.batches_in_epoch:
+            raise ValueError(
+                f"data: an epoch produced no complete batch of {run.cfg.train.batch_size} usable "
+                f"samples on process {run.accelerator.process_index} ({run.source.name}; "
+                f"{run.source.skips.report()})"
+            )
+        state.epoch += 1
+        state.batches_in_epoch = 0
+
+
+def _step(run: _Run, batch: dict) -> float:
+    """One optimizer step; returns the learning rate it used."""
+    run.objective.begin_step(run.state.step, run.unwrapped, run.ema)
+    loss, stats = run.objective.loss(run.model, batch, run.state.step)
+    if not torch.isfinite(loss):  # the one device sync per step: never step on a NaN
+        values = {k: float(v) for k, v in stats.items()}
+        raise FloatingPointError(
+            f"non-finite {run.objective.name} loss {loss.item()} at step {run.state.step + 1} "
+            f"(stats: {values})"
+        )
+    run.accelerator.backward(loss)
+    stats["loss"] = loss.detach()
+    lr = run.optimizer.param_groups[0]["lr"]
+    max_norm = run.cfg.optim.max_grad_norm
+    if max_norm > 0:
+        stats["grad_norm"] = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.ema.step(run.unwrapped.parameters())
+    for key, value in stats.items():  # device tensors: no sync until the log step
+        run.window[key] = run.window.get(key, 0.0) + value.detach().float()
+    run.window_steps += 1
+    return lr
+
+
+def _maybe_log(run: _Run, lr: float, progress: tqdm, t_start: float) -> None:
+    """Write the window's mean stats every ``train.log_every`` steps, at the end, and at every
+    phase change (so no line mixes two phases)."""
+    step, objective = run.state.step, run.objective
+    phase = objective.phase(step - 1)
+    if not (
+        step % run.cfg.train.log_every == 0 or step == objective.total_steps or objective.phase(step) != phase
+    ):
+        return
+    line: dict[str, Any] = {k: float(v) / run.window_steps for k, v in run.window.items()}
+    line.update(
+        step=step,
+        lr=lr,
+        samples_per_s=run.steps_this_run * _samples_per_step(run) / (time.perf_counter() - t_start),
+    )
+    if phase is not None:
+        line["phase"] = phase
+    run.window, run.window_steps = {}, 0
+    progress.set_postfix(loss=f"{line['loss']:.4f}")
+    if run.accelerator.is_main_process:
+        with (run.out_dir / "logs" / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def _maybe_checkpoint(run: _Run) -> None:
+    step = run.state.step
+    if step % run.cfg.train.checkpointing_steps and step != run.objective.total_steps:
+        return
+    save_and_prune(
+        run.accelerator,
+        run.out_dir / "checkpoints",
+        run.cfg.train.checkpoints_total_limit,
+        model=run.unwrapped,
+        ema=run.ema,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        state=run.state,
+        config=run.cfg.to_dict(),
+        generators={"train": run.rng},
+        model_subfolder=run.objective.model_subfolder,
+    )
+
+
+def _samples_per_step(run: _Run) -> int:
+    """Samples per step over all processes."""
+    return run.objective.samples_per_step * run.accelerator.num_processes
+
+
+def _finish(run: _Run, wall: float) -> None:
+    """Report skipped data from every process, export the EMA model, write the run summary."""
+    accelerator = run.accelerator
+    skips = SkipLog()
+    parts = (
+        gather_object([run.source.skips.to_dict()])
+        if accelerator.num_processes > 1
+        else [run.source.skips.to_dict()]
+    )
+    for part in parts:
+        skips.merge(SkipLog.from_dict(part))
+    if skips.total:
+        accelerator.print(f"data: {skips.report()}")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        exported = run.objective.export(ema_copy(run.unwrapped, run.ema).eval(), run.out_dir, run.state.step)
+        summary = {
+            "steps": run.state.step,
+            "steps_this_run": run.steps_this_run,
+            "train_wall_s": wall,
+            "samples_per_s": run.steps_this_run * _samples_per_step(run) / max(wall, 1e-9),
+            "peak_memory_mb": peak_memory_mb(),
+            "model_params": sum(p.numel() for p in run.unwrapped.parameters()),
+            "data_skipped": skips.to_dict(),
+            **exported,
+        }
+        (run.out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+        accelerator.print(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()

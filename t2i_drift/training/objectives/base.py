@@ -1,0 +1,98 @@
+"""The interface between the training loop (training/loop.py) and what it trains.
+
+The loop owns Accelerate, resume, the optimizer and its schedule, clipping, EMA, logging,
+checkpoints and the end-of-run summary; an :class:`Objective` owns its models and its step:
+
+    handlers = objective.prepare_run(source)        # before the Accelerator exists
+    model = objective.build(accelerator, source, rng)   # frozen parts + the trainable model
+    for each step s (0-based):
+        objective.begin_step(s, model, ema)         # phase boundaries (e.g. MAE fine-tune)
+        loss, stats = objective.loss(model, batch, s)
+        ... backward, clip, step, EMA, log, checkpoint (the loop) ...
+    summary = objective.export(ema_model, output_dir, steps)   # main process only
+
+Adding a way to train is one new subclass; the loop does not change.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import ModelMixin
+from diffusers.training_utils import EMAModel
+
+from t2i_drift.data.source import DataSource
+
+
+def warmup_then_constant(step: int, warmup_steps: int) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based): linear warm-up from
+    1 / warmup_steps (never 0: the first step must move the weights) to 1, then constant."""
+    return min(1.0, (step + 1) / max(warmup_steps, 1))
+
+
+class Objective(ABC):
+    """One kind of training (module docstring). ``cfg`` is the run config; the loop reads its
+    ``data``, ``optim`` and ``train`` sections, the objective whatever else it needs."""
+
+    name: str = "train"
+    """Label of the progress bar and of errors."""
+    model_subfolder: str = "model"
+    """Folder of the trained model inside each checkpoint."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.accelerator: Any = None
+        self.rng: torch.Generator | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare_run(self, source: DataSource) -> list[Any]:
+        """Decide what depends on the data, before the Accelerator exists; returns Accelerate
+        kwargs handlers (e.g. DDP options)."""
+        return []
+
+    @abstractmethod
+    def build(self, accelerator: Any, source: DataSource, rng: torch.Generator) -> ModelMixin:
+        """Build the frozen parts (on ``accelerator.device``) and return the trainable model.
+        ``rng`` is the run's own generator for every random draw of a step (checkpointed)."""
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.max_steps
+
+    @property
+    @abstractmethod
+    def samples_per_step(self) -> int:
+        """Samples one step processes on one process (for the throughput figures)."""
+
+    def describe(self, model: ModelMixin) -> str:
+        """The start-of-run line's part about the model and the step."""
+        n_params = sum(p.numel() for p in model.parameters())
+        return f"{type(model).__name__} {n_params / 1e6:.2f}M params"
+
+    # -- every step --------------------------------------------------------------------------
+    def lr_factor(self, step: int, warmup_steps: int) -> float:
+        """Multiplier of ``optim.learning_rate`` at optimizer step ``step`` (0-based)."""
+        return warmup_then_constant(step, warmup_steps)
+
+    def phase(self, step: int) -> str | None:
+        """Name of the training phase step ``step`` belongs to; the loop logs at every change."""
+        return None
+
+    def begin_step(self, step: int, model: ModelMixin, ema: EMAModel) -> None:  # noqa: B027 - optional hook
+        """Called before step ``step`` with the unwrapped model and its EMA."""
+
+    @abstractmethod
+    def loss(
+        self, model: torch.nn.Module, batch: dict, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of one batch (the loop calls backward) and scalars to log, as 0-d device
+        tensors (the loop converts them once per logged window)."""
+
+    # -- end of run --------------------------------------------------------------------------
+    @abstractmethod
+    def export(self, model: ModelMixin, output_dir: Path, steps: int) -> dict[str, Any]:
+        """Save the trained model (``model`` carries the EMA weights); main process only.
+        Returns entries for the run summary."""

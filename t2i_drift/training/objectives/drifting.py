@@ -1,0 +1,98 @@
+"""Text-to-image drifting (docs/method.md sections 1-7), one step:
+
+batch -> positives [B, C, H, W] (pixels, or VAE latents) + text conditioning
+-> per prompt: G noises, G style draws, one alpha
+-> generator forward [B*G, C, H, W] -> frozen features (generated with grad, real without)
+-> text_to_image_drift_loss (group = prompt x location, in-batch unconditional negatives)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from t2i_drift.drifting import DriftOptions, sample_alpha, text_to_image_drift_loss
+from t2i_drift.training.builders import build_feature_encoder, feature_key_weights
+from t2i_drift.training.objectives.text_to_image import TextToImageObjective
+
+
+class DriftingObjective(TextToImageObjective):
+    """B prompts per step, ``drift.samples_per_prompt`` (G) generated samples each."""
+
+    name = "drift"
+
+    def build_extra(self, accelerator: Any) -> None:
+        cfg = self.cfg
+        self.features = build_feature_encoder(cfg.features, cfg.data.resolution, self.vae).to(
+            accelerator.device
+        )
+        budget = cfg.drift.memory_budget_mb
+        self.options = DriftOptions(
+            temperatures=tuple(cfg.drift.temperatures),
+            distributed=accelerator.num_processes > 1,
+            memory_budget=None if budget is None else int(budget * 2**20),
+            compile=cfg.drift.compile,
+        )
+        self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
+
+    def cached_features(self) -> tuple[Any, torch.nn.Module]:
+        return self.cfg.features, self.features
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.cfg.train.batch_size * self.cfg.drift.samples_per_prompt
+
+    def describe(self, model: torch.nn.Module) -> str:
+        n_params = sum(p.numel() for p in model.parameters())
+        return (
+            f"generator {n_params / 1e6:.2f}M params | {self.cfg.train.batch_size} prompts x "
+            f"{self.cfg.drift.samples_per_prompt} samples per step per process"
+        )
+
+    def loss(
+        self, model: torch.nn.Module, batch: dict, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        drift, rng = self.cfg.drift, self.rng
+        inputs = self.inputs(batch)
+        real, emb = inputs.real, inputs.text  # [B, C, H, W]; embeds [B, T, Dt]
+        B, G = real.shape[0], drift.samples_per_prompt
+        device = real.device
+        alpha = sample_alpha(
+            B, drift.alpha_max, drift.alpha_power, drift.alpha_fraction_at_one, generator=rng, device=device
+        )  # [B], one alpha per prompt
+        noise = torch.randn(B * G, *real.shape[1:], device=device, generator=rng)  # [B*G, C, H, W]
+        style = self.accelerator.unwrap_model(model).sample_style_indices(B * G, generator=rng, device=device)
+        cond = emb.repeat(G)  # embeds [B*G, T, Dt]: sample b*G + i is prompt b's
+        with self.accelerator.autocast():
+            generated = model(
+                hidden_states=noise,
+                encoder_hidden_states=cond.embeds,
+                encoder_attention_mask=cond.mask,
+                pooled_projections=cond.pooled,
+                guidance=alpha.repeat_interleave(G),
+                style_indices=style,
+            ).sample  # [B*G, C, H, W]
+            gen_features = self.features(generated)  # key -> [B*G, L, D], with grad
+            real_features = inputs.real_features  # key -> [B, L, D], when cached in the data
+            if real_features is None:
+                with torch.no_grad():
+                    real_features = self.features(real)
+            elif set(real_features) != set(gen_features):
+                raise ValueError(
+                    f"cached positive features have keys {sorted(real_features)} but the feature "
+                    f"encoder produces {sorted(gen_features)}"
+                )
+        if self.key_weights is None:
+            self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
+        loss, stats = text_to_image_drift_loss(
+            gen_features,
+            real_features,
+            G,
+            alpha,
+            inputs.caption_ids,
+            self.options,
+            key_weights=self.key_weights,
+        )
+        stats["alpha_mean"] = alpha.mean()
+        return loss, stats
