@@ -7,7 +7,8 @@ Two layouts of one exported pipeline (diffusers compatibility):
   (``t2i_drift.models.transformer_drifting``), which diffusers resolves from ``sys.modules``: load it
   with ``DriftingPipeline.from_pretrained(folder)`` after ``import t2i_drift``.
 * the **hub layout** that :func:`write_hub_layout` derives from it for uploads. ``_class_name`` is
-  ``["pipeline_drifting", "DriftingPipeline"]`` and the transformer entry is
+  ``["pipeline_drifting", "DriftingPipeline"]`` (``["pipeline_flow_matching",
+  "FlowMatchingPipeline"]`` for the flow-matching baseline) and the transformer entry is
   ``["transformer_drifting", "DriftingTransformer2DModel"]``, each backed by a two-line ``.py`` file
   that re-exports the installed class, so ``DiffusionPipeline.from_pretrained(repo,
   trust_remote_code=True)`` (and ``DriftingPipeline.from_pretrained(repo, trust_remote_code=True)``)
@@ -56,12 +57,18 @@ def render_model_card(
         sample_grid: file name of a sample grid next to the card, shown as an image.
     """
     data, text, drift = config["data"], config["text"], config["drift"]
+    objective = config.get("objective", {}).get("name", "drifting")
+    call_args = {
+        "drifting": "guidance_scale=2.0,",
+        "regression": "",
+        "flow_matching": f"num_inference_steps={config.get('objective', {}).get('num_inference_steps', 25)},",
+    }[objective]
     text_encoder = TEXT_ENCODER_HUB_IDS.get(text["encoder"], text["encoder"])
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",
         license="cc-by-sa-4.0" if data["name"] == "openmoji" else "other",
-        tags=["text-to-image", "drifting", "one-step", "t2i_drift"],
+        tags=["text-to-image", *OBJECTIVE_TAGS[objective], "t2i_drift"],
         datasets=["openmoji"] if data["name"] == "openmoji" else None,
         # Not ``base_model``: the frozen text encoder conditions the generator; nothing was fine-tuned.
         text_encoder=text_encoder,
@@ -69,8 +76,12 @@ def render_model_card(
     return ModelCard.from_template(
         card_data,
         template_str=_template_text(),
-        model_name=f"t2i_drift one-step generator ({data['name']}, {data['resolution']}px)",
+        model_name=f"t2i_drift {OBJECTIVE_KINDS[objective]} ({data['name']}, {data['resolution']}px)",
         repo_or_path=repo_or_path,
+        objective=objective,
+        pipeline_class="FlowMatchingPipeline" if objective == "flow_matching" else "DriftingPipeline",
+        call_args=call_args,
+        cfg=config.get("objective", {}).get("caption_dropout", 0) > 0,
         guidance_range=f"[1, {drift['alpha_max']}]",
         dataset_description="OpenMoji emoji rendered offline, their CLDR names as captions"
         if data["name"] == "openmoji"
@@ -94,8 +105,17 @@ def render_model_card(
 # Hub layout and upload
 # ---------------------------------------------------------------------------------------------
 _FROM_PRETRAINED = re.compile(r'from_pretrained\("[^"]*"')
+OBJECTIVE_KINDS = {
+    "drifting": "one-step generator",
+    "regression": "one-step regression baseline",
+    "flow_matching": "flow-matching baseline",
+}
+OBJECTIVE_TAGS = {
+    "drifting": ["drifting", "one-step"],
+    "regression": ["one-step"],
+    "flow_matching": ["flow-matching"],
+}
 TEXT_ENCODER_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
-PIPELINE_MODULE = "pipeline_drifting"
 TRANSFORMER_MODULE = "transformer_drifting"
 _SHIM = """# Loaded by diffusers with trust_remote_code=True. It only re-exports the class installed with
 # t2i_drift (pip install t2i_drift), so the weights in this repository run the reviewed library code.
@@ -115,21 +135,26 @@ def write_hub_layout(pipeline_dir: str | Path, out_dir: str | Path) -> list[str]
         raise FileNotFoundError(f"{src} is not a pipeline folder (no model_index.json)")
     if dst.resolve() == src.resolve():
         raise ValueError("write_hub_layout needs a different output folder than the pipeline folder")
+    from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+    from t2i_drift.pipelines import PIPELINE_CLASSES
+
     index = json.loads(index_path.read_text())
-    expected = ["t2i_drift.pipelines.pipeline_drifting", "DriftingPipeline"]
-    if index.get("_class_name") not in ("DriftingPipeline", expected):
-        raise ValueError(f"{index_path}: _class_name {index.get('_class_name')!r} is not a DriftingPipeline")
+    name = index.get("_class_name")
+    name = name[-1] if isinstance(name, list) else name
+    if name not in PIPELINE_CLASSES:
+        raise ValueError(
+            f"{index_path}: _class_name {index.get('_class_name')!r} is not one of {sorted(PIPELINE_CLASSES)}"
+        )
+    pipeline_cls = PIPELINE_CLASSES[name]
+    pipeline_module = pipeline_cls.__module__.rsplit(".", 1)[-1]  # pipeline_drifting, pipeline_flow_matching
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
-    from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-    from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
-
-    index["_class_name"] = [PIPELINE_MODULE, DriftingPipeline.__name__]
+    index["_class_name"] = [pipeline_module, pipeline_cls.__name__]
     index["transformer"] = [TRANSFORMER_MODULE, DriftingTransformer2DModel.__name__]
     (dst / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    (dst / f"{PIPELINE_MODULE}.py").write_text(
-        _SHIM.format(module=DriftingPipeline.__module__, name=DriftingPipeline.__name__)
+    (dst / f"{pipeline_module}.py").write_text(
+        _SHIM.format(module=pipeline_cls.__module__, name=pipeline_cls.__name__)
     )
     (dst / "transformer" / f"{TRANSFORMER_MODULE}.py").write_text(
         _SHIM.format(module=DriftingTransformer2DModel.__module__, name=DriftingTransformer2DModel.__name__)
@@ -144,7 +169,7 @@ def push_to_hub(
     staging_dir: str | Path,
     private: bool = False,
     dry_run: bool = False,
-    commit_message: str = "Upload DriftingPipeline (t2i_drift)",
+    commit_message: str = "Upload a t2i_drift pipeline",
     token: str | None = None,
 ) -> list[str]:
     """Write the hub layout of ``pipeline_dir`` to ``staging_dir`` and upload it to ``repo_id``.

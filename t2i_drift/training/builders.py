@@ -3,6 +3,8 @@ conditioner, feature encoders, optimizer."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from diffusers import AutoencoderKL
 
@@ -108,9 +110,11 @@ def build_transformer(
     text_embed_dim: int,
     pooled_embed_dim: int,
     vae: AutoencoderKL | None = None,
+    objective_overrides: dict[str, Any] | None = None,
 ) -> DriftingTransformer2DModel:
-    """The generator for ``resolution``-pixel images (in pixels, or in ``vae`` latents);
-    ``model.overrides`` win over the preset."""
+    """The generator for ``resolution``-pixel images (in pixels, or in ``vae`` latents).
+    Precedence: the preset, then ``objective_overrides`` (what the training objective needs), then
+    ``model.overrides``."""
     factor = vae_scale_factor(vae)
     if resolution % factor:
         raise ValueError(f"data.resolution={resolution} is not divisible by the VAE factor {factor}")
@@ -122,6 +126,7 @@ def build_transformer(
         pooled_embed_dim=pooled_embed_dim,
         text_attention=model.text_attention,
     )
+    args.update(objective_overrides or {})
     args.update(model.overrides)
     try:
         return DriftingTransformer2DModel.from_preset(model.preset, **args)

@@ -176,6 +176,30 @@ class FeaturesConfig:
     """Include set (a), per-location vectors, of every encoder's feature maps."""
 
 
+ObjectiveName = Literal["drifting", "regression", "flow_matching"]
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the generator is trained for (training/objectives/). The same transformer, data, text
+    encoder and steps serve all three, so their results compare at equal training cost."""
+
+    name: ObjectiveName = "drifting"
+    """``drifting`` (one step, the ``drift`` section), ``regression`` (one step, plain MSE to the
+    paired image: the trivial one-step baseline) or ``flow_matching`` (rectified flow, sampled in
+    ``num_inference_steps`` Euler steps by FlowMatchingPipeline)."""
+    time_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    """``flow_matching``: how the noise level s in (0, 1) of a training sample is drawn."""
+    logit_mean: float = 0.0
+    """``flow_matching``, logit-normal: s = sigmoid(n), n ~ N(logit_mean, logit_std^2)."""
+    logit_std: float = 1.0
+    caption_dropout: float = 0.0
+    """``flow_matching``: fraction of training captions replaced by the empty caption, so the model
+    also learns the unconditional flow and samples with classifier-free guidance (> 0 enables it)."""
+    num_inference_steps: int = 25
+    """``flow_matching``: Euler steps of the exported pipeline's sample grid."""
+
+
 @dataclass
 class DriftConfig:
     samples_per_prompt: int = 4
@@ -246,6 +270,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     text: TextConfig = field(default_factory=TextConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -283,6 +308,9 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "must be positive or null",
         ),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("objective.logit_std", cfg.objective.logit_std > 0, "must be > 0"),
+        ("objective.caption_dropout", 0.0 <= cfg.objective.caption_dropout < 1.0, "must be in [0, 1)"),
+        ("objective.num_inference_steps", cfg.objective.num_inference_steps >= 1, "must be >= 1"),
         (
             "data.path",
             cfg.data.name not in ("hf", "webdataset") or bool(cfg.data.path),

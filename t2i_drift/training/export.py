@@ -1,4 +1,5 @@
-"""Turn a trained generator into a diffusers pipeline folder (DriftingPipeline.save_pretrained).
+"""Turn a trained generator into a diffusers pipeline folder (``save_pretrained`` of the pipeline
+class its objective samples with: DriftingPipeline, or FlowMatchingPipeline for flow matching).
 
 Used at the end of training and by ``scripts/export_pipeline.py`` for any checkpoint. A pipeline
 folder holds the standard diffusers layout plus:
@@ -14,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils import make_image_grid
 from safetensors.torch import load_file
 
 from t2i_drift.hub import render_model_card
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.models.vae import load_vae
-from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
+from t2i_drift.pipelines import DriftingPipeline, FlowMatchingPipeline, TextToImagePipeline
 from t2i_drift.text.conditioner import TextConditioner
 from t2i_drift.training.builders import build_text_conditioner
 from t2i_drift.training.config import Config, config_from_dict, save_config
@@ -31,12 +33,12 @@ _VARIANT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def make_pipeline(
     cfg: Config, transformer: DriftingTransformer2DModel, conditioner: TextConditioner, vae: Any = None
-) -> DriftingPipeline:
-    """The inference pipeline for a generator trained with ``cfg`` and the text ``conditioner``
-    (and ``vae`` for latent-space generators)."""
+) -> TextToImagePipeline:
+    """The inference pipeline for a generator trained with ``cfg`` (its ``objective.name`` decides
+    the class) and the text ``conditioner`` (and ``vae`` for latent-space generators)."""
     slots = conditioner.slots
     second = slots[1] if len(slots) > 1 else None
-    return DriftingPipeline(
+    common = dict(
         transformer=transformer,
         vae=vae,
         text_encoder=slots[0].model,
@@ -49,18 +51,32 @@ def make_pipeline(
         text_pooling_2=cfg.text.pooling_2,
         token_sources=cfg.text.token_sources,
         pooled_sources=cfg.text.pooled_sources,
-        guidance_scale_range=(1.0, cfg.drift.alpha_max),
     )
+    if cfg.objective.name == "flow_matching":
+        return FlowMatchingPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            classifier_free_guidance=cfg.objective.caption_dropout > 0,
+            **common,
+        )
+    # Drifting learns guidance alpha in [1, alpha_max]; regression learns none.
+    alpha_max = cfg.drift.alpha_max if cfg.objective.name == "drifting" else 1.0
+    return DriftingPipeline(guidance_scale_range=(1.0, alpha_max), **common)
 
 
-def sample_grid(pipe: DriftingPipeline, cfg: Config, seed: int):
+def sample_grid(pipe: TextToImagePipeline, cfg: Config, seed: int):
     """Grid: one row per ``eval.sample_prompts`` entry, ``eval.samples_per_grid_prompt`` columns."""
     n = cfg.eval.samples_per_grid_prompt
+    steps = (
+        {"num_inference_steps": cfg.objective.num_inference_steps}
+        if cfg.objective.name == "flow_matching"
+        else {}
+    )
     images = pipe(
         list(cfg.eval.sample_prompts),
         num_images_per_prompt=n,
         guidance_scale=cfg.eval.guidance_scale,
         generator=torch.Generator().manual_seed(seed),
+        **steps,
     ).images
     return make_image_grid(images, rows=len(cfg.eval.sample_prompts), cols=n)
 
@@ -76,7 +92,7 @@ def export_pipeline(
     variant: str | None = None,
     repo_or_path: str | None = None,
     vae: Any = None,
-) -> DriftingPipeline:
+) -> TextToImagePipeline:
     """Save a pipeline folder with model card, config and sample grid; returns the pipeline.
 
     Args:
@@ -145,7 +161,7 @@ def export_checkpoint(
     use_ema: bool = True,
     variant: str | None = None,
     repo_or_path: str | None = None,
-) -> DriftingPipeline:
+) -> TextToImagePipeline:
     """Checkpoint folder -> pipeline folder, with the run config saved in the checkpoint."""
     checkpoint = Path(checkpoint)
     model = load_checkpoint_generator(checkpoint, use_ema=use_ema)

@@ -51,7 +51,9 @@ class TextToImageObjective(Objective):
         self.vae = None
         if cfg.model.vae is not None:
             self.vae = load_vae(cfg.model.vae, cfg.model.vae_subfolder).to(device)
-        model = build_transformer(cfg.model, cfg.data.resolution, *self.conditioner.dims(), self.vae)
+        model = build_transformer(
+            cfg.model, cfg.data.resolution, *self.conditioner.dims(), self.vae, self.transformer_overrides()
+        )
         if cfg.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         self.build_extra(accelerator)
@@ -65,6 +67,10 @@ class TextToImageObjective(Objective):
             source=source.name,
         )
         return model
+
+    def transformer_overrides(self) -> dict[str, Any]:
+        """Generator config arguments this objective needs (``model.overrides`` still win)."""
+        return {}
 
     def build_extra(self, accelerator: Any) -> None:
         """Build the subclass's own frozen parts (called after the generator is built)."""

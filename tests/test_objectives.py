@@ -1,0 +1,125 @@
+"""The regression and flow-matching baselines: one config key picks the objective, each trains
+from the same recipe and exports a pipeline that loads both ways and samples as documented."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run_python
+
+from t2i_drift import DriftingPipeline, FlowMatchingPipeline
+from t2i_drift.hub import write_hub_layout
+from t2i_drift.pipelines import load_pipeline
+from t2i_drift.training.config import ConfigError, load_config
+from t2i_drift.training.objectives.flow_matching import sample_noise_levels
+from t2i_drift.training.runs import train_t2i
+
+RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
+
+
+def _train(out: Path, *overrides: str) -> Path:
+    cfg = load_config(
+        RECIPE, [f"train.output_dir={out}", "train.max_steps=2", "features.effnet=null", *overrides]
+    )
+    return train_t2i(cfg)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("objectives")
+    return {
+        "regression": _train(root / "regression", "objective.name=regression"),
+        "flow_matching": _train(
+            root / "flow_matching", "objective.name=flow_matching", "objective.caption_dropout=0.5"
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["regression", "flow_matching"])
+def test_each_objective_trains_from_the_same_recipe(runs, name):
+    run = runs[name].parent
+    lines = [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(x["loss"] > 0 for x in lines)
+    assert "config.yaml" in {p.name for p in run.iterdir()}
+    assert f"name: {name}" in (run / "config.yaml").read_text()
+    expected = FlowMatchingPipeline if name == "flow_matching" else DriftingPipeline
+    assert type(load_pipeline(runs[name])) is expected
+
+
+def test_regression_exports_a_one_step_pipeline_without_guidance(runs):
+    pipe = load_pipeline(runs["regression"])
+    assert pipe.config.guidance_scale_range == [1.0, 1.0]
+    images = pipe(
+        "teapot", num_images_per_prompt=2, output_type="np", generator=torch.Generator().manual_seed(0)
+    )
+    assert images.images.shape == (2, 16, 16, 3)
+    with pytest.raises(ValueError, match="guidance_scale=2.0 is outside the trained range"):
+        pipe("teapot", guidance_scale=2.0)
+
+
+def test_flow_matching_euler_steps_follow_the_learned_velocity(runs):
+    """One Euler step from sigma = 1 to 0 is x_0 = eps - v(eps, 1); more steps give other images."""
+    pipe = load_pipeline(runs["flow_matching"])
+    assert pipe.config.classifier_free_guidance  # trained with dropped captions
+    torch.manual_seed(1)
+    noise = torch.randn(1, 3, 16, 16)
+    one = pipe("teapot", num_inference_steps=1, latents=noise, output_type="latent").images
+    emb = pipe.encode_prompt("teapot")
+    style = torch.zeros(1, pipe.transformer.config.num_style_codebooks, dtype=torch.long)
+    with torch.no_grad():
+        v = pipe.velocity(noise, 1.0, emb, style)
+    torch.testing.assert_close(one, noise - v)
+    four = pipe("teapot", num_inference_steps=4, latents=noise, output_type="latent").images
+    assert not torch.allclose(one, four)
+    guided = pipe(
+        "teapot", num_inference_steps=4, latents=noise, guidance_scale=3.0, output_type="latent"
+    ).images
+    assert not torch.allclose(four, guided)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe("teapot", num_inference_steps=0)
+
+
+def test_flow_matching_without_dropped_captions_refuses_guidance(tmp_path):
+    pipe = load_pipeline(_train(tmp_path / "run", "objective.name=flow_matching", "train.max_steps=1"))
+    assert not pipe.config.classifier_free_guidance
+    with pytest.raises(ValueError, match="needs a model trained with dropped captions"):
+        pipe("teapot", guidance_scale=2.0)
+
+
+def test_flow_matching_export_loads_with_diffusion_pipeline_in_a_fresh_process(runs, tmp_path):
+    hub = tmp_path / "hub"
+    write_hub_layout(runs["flow_matching"], hub)
+    assert json.loads((hub / "model_index.json").read_text())["_class_name"] == [
+        "pipeline_flow_matching",
+        "FlowMatchingPipeline",
+    ]
+    out = run_python(f"""
+        import torch
+        import t2i_drift
+        from diffusers import DiffusionPipeline
+        pipe = DiffusionPipeline.from_pretrained({str(hub)!r}, trust_remote_code=True)
+        g = lambda: torch.Generator().manual_seed(0)
+        a = pipe("teapot", num_inference_steps=1, generator=g(), output_type="pt").images
+        b = pipe("teapot", num_inference_steps=4, generator=g(), output_type="pt").images
+        print(type(pipe).__name__, tuple(a.shape), bool((a - b).abs().max() > 0))
+    """)
+    assert "FlowMatchingPipeline (1, 3, 16, 16) True" in out
+    card = (runs["flow_matching"] / "README.md").read_text()
+    assert "FlowMatchingPipeline.from_pretrained" in card and "flow-matching baseline" in card
+
+
+def test_noise_levels_and_objective_config():
+    g = torch.Generator().manual_seed(0)
+    uniform = sample_noise_levels(20000, "uniform", 0.0, 1.0, g, torch.device("cpu"))
+    logit = sample_noise_levels(20000, "logit_normal", 0.0, 1.0, g, torch.device("cpu"))
+    assert 0 < uniform.min() and uniform.max() < 1 and abs(uniform.mean() - 0.5) < 0.01
+    assert abs(logit.median() - 0.5) < 0.01 and logit.std() < uniform.std()  # mass in the middle
+    shifted = sample_noise_levels(20000, "logit_normal", 1.0, 1.0, g, torch.device("cpu"))
+    assert shifted.median() > 0.7  # sigmoid(1) = 0.73
+    with pytest.raises(ConfigError, match="objective.name"):
+        load_config(RECIPE, ["objective.name=diffusion"])
+    with pytest.raises(ConfigError, match="objective.caption_dropout"):
+        load_config(RECIPE, ["objective.caption_dropout=1.0"])
