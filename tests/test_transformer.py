@@ -107,3 +107,56 @@ def test_bad_sizes_raise():
     model = _model()
     with pytest.raises(ValueError, match="divisible by patch_size"):
         model(**{**_inputs(), "hidden_states": torch.randn(3, 3, 18, 18)})
+
+
+# The official release's generator details, each a config option (docs/method.md section 6).
+OFFICIAL = dict(
+    guidance_embed_gain=0.02,
+    conditioned_registers=True,
+    absolute_pos_embed=True,
+    norm_affine=True,
+    style_init_std=0.02,
+)
+
+
+def test_official_options_keep_adaln_zero_and_every_condition(tmp_path):
+    model = _model(**OFFICIAL)
+    assert torch.equal(model(**_inputs()).sample, torch.zeros(3, 3, 16, 16))  # still identity at init
+    model = _perturb(model).eval()
+    base = model(**_inputs()).sample
+    for key, change in (("guidance", torch.tensor([4.0, 4.0, 4.0])), ("pooled_projections", None)):
+        inputs = _inputs()
+        inputs[key] = change if change is not None else inputs[key] + 1.0
+        assert not torch.allclose(model(**inputs).sample, base), key
+    model.save_pretrained(tmp_path)
+    loaded = DriftingTransformer2DModel.from_pretrained(tmp_path).eval()
+    assert {k: loaded.config[k] for k in OFFICIAL} == OFFICIAL
+    torch.testing.assert_close(loaded(**_inputs()).sample, base)
+
+
+def test_official_options_do_what_they_say():
+    default, official = _model(), _model(**OFFICIAL)
+    guidance = torch.tensor([1.0, 4.0])
+    pooled, style = torch.zeros(2, 10), torch.zeros(2, 4, dtype=torch.long)
+
+    # alpha's share of the adaLN vector at init: ~0.02 RMS with the gain, far larger without it
+    def alpha_rms(m: DriftingTransformer2DModel) -> torch.Tensor:
+        rest = m.pooled_embedder(pooled) + m.style_embedding(style + torch.arange(4) * 64).sum(1)
+        return (m._conditioning(pooled, guidance, style) - rest).pow(2).mean().sqrt()
+
+    assert 0.015 < alpha_rms(official) < 0.025 and alpha_rms(default) > 10 * alpha_rms(official)
+    # style embeddings at std 0.02 each (default: their sum of 4 has std 0.02)
+    assert abs(official.style_embedding.weight.std() - 0.02) < 0.002
+    assert abs(default.style_embedding.weight.std() - 0.01) < 0.001
+    # learnable norm scales, the conditioning map of the registers, the position embedding's init
+    assert official.blocks[0].norm1.weight is not None and default.blocks[0].norm1.weight is None
+    assert official.register_proj is not None and default.register_proj is None
+    from t2i_drift.models.transformer_blocks import sincos_2d
+
+    torch.testing.assert_close(official.pos_embed[0], sincos_2d(4, 4, 64))
+    with pytest.raises(ValueError, match="absolute_pos_embed"):
+        official(**{**_inputs(2), "hidden_states": torch.randn(2, 3, 32, 32)})
+    # the registers carry the conditioning: their projection gets a gradient through the output
+    model = _perturb(_model(**OFFICIAL))
+    model(**_inputs()).sample.square().mean().backward()
+    assert model.register_proj.weight.grad.abs().sum() > 0

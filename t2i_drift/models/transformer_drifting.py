@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
+
+from t2i_drift.models.transformer_blocks import DriftingTransformerBlock, FinalLayer, rope_2d, sincos_2d
 
 # Named sizes. The small ones train on a laptop CPU; B and L follow DiT-B / DiT-L widths.
 # How image tokens see the text: cross-attention per block, or one joint sequence.
@@ -38,167 +39,6 @@ DRIFTING_PRESETS: dict[str, dict[str, Any]] = {
     "B": dict(hidden_size=768, num_layers=12, num_attention_heads=12, num_register_tokens=16),
     "L": dict(hidden_size=1024, num_layers=24, num_attention_heads=16, num_register_tokens=16),
 }
-
-
-# ----------------------------------------------------------------------------------------------
-#                                   Positional embedding (RoPE)
-# ----------------------------------------------------------------------------------------------
-
-
-def rope_2d(grid_h: int, grid_w: int, head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
-    """Rotation angles of 2-D RoPE: half of each head rotates with the row, half with the column.
-
-    Returns:
-        [grid_h * grid_w, head_dim // 2] angles, one per rotated pair of channels.
-    """
-    if head_dim % 4 != 0:
-        raise ValueError(f"2-D RoPE needs a head dimension divisible by 4, got {head_dim}")
-    axis_dim = head_dim // 2
-    freqs = theta ** (-torch.arange(0, axis_dim, 2, device=device, dtype=torch.float32) / axis_dim)  # [hd/4]
-    rows = torch.arange(grid_h, device=device, dtype=torch.float32).repeat_interleave(grid_w)  # [P]
-    cols = torch.arange(grid_w, device=device, dtype=torch.float32).repeat(grid_h)  # [P]
-    return torch.cat([rows[:, None] * freqs, cols[:, None] * freqs], dim=-1)  # [P, hd/2]
-
-
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2k, 2k+1) of x [N, heads, S, hd] by angles [S, hd/2] (fp32 math)."""
-    x_pairs = x.float().unflatten(-1, (-1, 2))  # [N, h, S, hd/2, 2]
-    cos, sin = angles.cos(), angles.sin()
-    a, b = x_pairs[..., 0], x_pairs[..., 1]
-    rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
-    return rotated.flatten(-2).type_as(x)
-
-
-# ----------------------------------------------------------------------------------------------
-#                                          Layers
-# ----------------------------------------------------------------------------------------------
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: x [N, S, D], shift/scale [N, D]."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
-
-
-class Attention(nn.Module):
-    """Multi-head attention with QK-RMSNorm; self-attention (with RoPE) or cross-attention."""
-
-    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, eps: float = 1e-6):
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(context_dim or dim, dim)
-        self.to_v = nn.Linear(context_dim or dim, dim)
-        self.norm_q = nn.RMSNorm(self.head_dim, eps=eps)
-        self.norm_k = nn.RMSNorm(self.head_dim, eps=eps)
-        self.to_out = nn.Linear(dim, dim)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        rope: torch.Tensor | None = None,
-        rope_offset: int = 0,
-    ) -> torch.Tensor:
-        """x [N, S, D]; context [N, T, Dc] (None: self-attention); mask [N, T] bool (True = attend);
-        rope [S - rope_offset, hd/2] applied to the tokens after the first ``rope_offset``."""
-        N, S, _ = x.shape
-        ctx = x if context is None else context
-        q = self.norm_q(self.to_q(x).view(N, S, self.num_heads, self.head_dim).transpose(1, 2))  # [N,h,S,hd]
-        k = self.norm_k(
-            self.to_k(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        )  # [N,h,T,hd]
-        v = self.to_v(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [N,h,T,hd]
-        if rope is not None:
-            # Register tokens (the first rope_offset) carry no position.
-            q = torch.cat([q[:, :, :rope_offset], apply_rope(q[:, :, rope_offset:], rope)], dim=2)
-            k = torch.cat([k[:, :, :rope_offset], apply_rope(k[:, :, rope_offset:], rope)], dim=2)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # [N,1,1,T]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [N,h,S,hd]
-        return self.to_out(out.transpose(1, 2).reshape(N, S, -1))
-
-
-class SwiGLU(nn.Module):
-    """SwiGLU MLP; hidden width 2/3 * mlp_ratio * dim rounded up to a multiple of 32."""
-
-    def __init__(self, dim: int, mlp_ratio: float):
-        super().__init__()
-        hidden = int(math.ceil(2 * mlp_ratio * dim / 3 / 32) * 32)
-        self.w_gate_up = nn.Linear(dim, 2 * hidden)
-        self.w_down = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
-        return self.w_down(F.silu(gate) * up)
-
-
-class DriftingTransformerBlock(nn.Module):
-    """Self-attention, cross-attention to text (``cross_attention``), SwiGLU; each branch
-    adaLN-zero modulated and gated. Without cross-attention the text tokens are part of ``x``
-    (joint attention) and reach the image tokens through the self-attention."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, cross_attention: bool = True):
-        super().__init__()
-        self.cross_attention = cross_attention
-        self.norm1 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
-        self.attn = Attention(dim, num_heads, eps=eps)
-        if cross_attention:
-            self.norm2 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
-            self.cross_attn = Attention(dim, num_heads, context_dim=dim, eps=eps)
-        self.norm3 = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
-        self.mlp = SwiGLU(dim, mlp_ratio)
-        # shift, scale, gate for each branch; zero-init -> every block starts as identity.
-        branches = 3 if cross_attention else 2
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * branches * dim))
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        context: torch.Tensor | None,
-        context_mask: torch.Tensor | None,
-        rope: torch.Tensor,
-        rope_offset: int,
-    ) -> torch.Tensor:
-        """x [N, S, D], cond [N, D] -> [N, S, D].
-
-        Cross-attention: S = R+P, context [N, T, D] and context_mask [N, T] feed the cross branch.
-        Joint attention: S = R+T+P, context is None and context_mask [N, S] masks padded text keys.
-        RoPE rotates the tokens after the first ``rope_offset`` (the patches).
-        """
-        if self.cross_attention:
-            sa_shift, sa_scale, sa_gate, ca_shift, ca_scale, ca_gate, mlp_shift, mlp_scale, mlp_gate = (
-                self.adaLN_modulation(cond).chunk(9, dim=-1)
-            )
-        else:
-            sa_shift, sa_scale, sa_gate, mlp_shift, mlp_scale, mlp_gate = self.adaLN_modulation(cond).chunk(
-                6, dim=-1
-            )
-        h = modulate(self.norm1(x), sa_shift, sa_scale)
-        self_mask = None if self.cross_attention else context_mask
-        x = x + sa_gate.unsqueeze(1) * self.attn(h, mask=self_mask, rope=rope, rope_offset=rope_offset)
-        if self.cross_attention:
-            h = modulate(self.norm2(x), ca_shift, ca_scale)
-            x = x + ca_gate.unsqueeze(1) * self.cross_attn(h, context=context, mask=context_mask)
-        h = modulate(self.norm3(x), mlp_shift, mlp_scale)
-        return x + mlp_gate.unsqueeze(1) * self.mlp(h)
-
-
-class FinalLayer(nn.Module):
-    """adaLN-modulated RMSNorm and a zero-initialized projection to patch pixels."""
-
-    def __init__(self, dim: int, patch_size: int, out_channels: int, eps: float):
-        super().__init__()
-        self.norm = nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        self.proj = nn.Linear(dim, patch_size * patch_size * out_channels)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)
-        return self.proj(modulate(self.norm(x), shift, scale))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +64,16 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
             trained range [1, alpha_max] spans many periods (timesteps use a 0..1000 scale).
         rope_theta: RoPE base.
         norm_eps: RMSNorm epsilon.
+        guidance_embed_gain: None adds the alpha embedding to the adaLN vector as is; a number g
+            (official release: 0.02) adds g * RMSNorm(embedding), so at init alpha does not dominate
+            the pooled text and style (whose RMS is ~0.02-0.1).
+        conditioned_registers: the in-context tokens are their learned embedding plus a linear map
+            of the conditioning vector (official release), so they carry text, alpha and style.
+        absolute_pos_embed: add a learnable position embedding (initialized 2-D sin-cos) to the
+            patch tokens, next to RoPE (official release).
+        norm_affine: learnable scale in the blocks' RMSNorms (official release).
+        style_init_std: std of each style embedding at init; None: 0.02 / sqrt(num_style_codebooks)
+            so that their sum has std 0.02 (official release: 0.02 per embedding).
         text_attention: ``cross`` (PixArt-style: image tokens cross-attend to the text tokens in
             every block) or ``joint`` (single-stream, FLUX single-block style: the projected text
             tokens join the sequence between the registers and the patches, sharing the
@@ -254,6 +104,11 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         rope_theta: float = 10000.0,
         norm_eps: float = 1e-6,
         text_attention: TextAttention = "cross",
+        guidance_embed_gain: float | None = None,
+        conditioned_registers: bool = False,
+        absolute_pos_embed: bool = False,
+        norm_affine: bool = False,
+        style_init_std: float | None = None,
     ):
         super().__init__()
         if text_attention not in ("cross", "joint"):
@@ -270,11 +125,15 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         self.pooled_embedder = nn.Sequential(nn.Linear(pooled_embed_dim, D), nn.SiLU(), nn.Linear(D, D))
         self.guidance_proj = Timesteps(guidance_embed_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.guidance_embedder = TimestepEmbedding(guidance_embed_dim, D)
+        self.guidance_norm = nn.RMSNorm(D, eps=norm_eps) if guidance_embed_gain is not None else None
+        self.register_proj = nn.Linear(D, D) if conditioned_registers else None
+        grid = sample_size // patch_size
+        self.pos_embed = nn.Parameter(sincos_2d(grid, grid, D)[None]) if absolute_pos_embed else None
         self.style_embedding = nn.Embedding(num_style_codebooks * style_codebook_size, D)
         self.blocks = nn.ModuleList(
             [
                 DriftingTransformerBlock(
-                    D, num_attention_heads, mlp_ratio, norm_eps, text_attention == "cross"
+                    D, num_attention_heads, mlp_ratio, norm_eps, text_attention == "cross", norm_affine
                 )
                 for _ in range(num_layers)
             ]
@@ -294,8 +153,9 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.registers, std=0.02)
-        # Sum of num_style_codebooks entries: scale so the sum has std ~0.02 like other embeddings.
-        nn.init.normal_(self.style_embedding.weight, std=0.02 / math.sqrt(self.config.num_style_codebooks))
+        # Default: the sum of num_style_codebooks entries has std ~0.02 like other embeddings.
+        style_std = self.config.style_init_std or 0.02 / math.sqrt(self.config.num_style_codebooks)
+        nn.init.normal_(self.style_embedding.weight, std=style_std)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
@@ -330,6 +190,8 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         cfg = self.config
         g = self.guidance_proj(guidance.float() * cfg.guidance_embed_scale).to(self.dtype)  # [N, Fg]
         g = self.guidance_embedder(g)  # [N, D]
+        if self.guidance_norm is not None:
+            g = cfg.guidance_embed_gain * self.guidance_norm(g)
         offsets = torch.arange(cfg.num_style_codebooks, device=style_indices.device) * cfg.style_codebook_size
         style = self.style_embedding(style_indices + offsets).sum(dim=1)  # [N, D]
         return self.pooled_embedder(pooled.to(self.dtype)) + g + style
@@ -374,18 +236,28 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         context = self.context_embedder(encoder_hidden_states.to(self.dtype))  # [N, T, D]
         x = self.patch_embed(hidden_states.to(self.dtype))  # [N, D, H/p, W/p]
         x = x.flatten(2).transpose(1, 2)  # [N, P, D]
+        if self.pos_embed is not None:
+            if self.pos_embed.shape[1] != x.shape[1]:
+                raise ValueError(
+                    f"absolute_pos_embed is fixed at {self.config.sample_size}x{self.config.sample_size}; "
+                    f"got {H}x{W}"
+                )
+            x = x + self.pos_embed
         R = self.config.num_register_tokens
+        registers = self.registers.expand(N, -1, -1)  # [N, R, D]
+        if self.register_proj is not None:
+            registers = registers + self.register_proj(cond)[:, None, :]
         if self.config.text_attention == "joint":
             # [registers | text | patches]; padded text keys are masked, registers and patches never.
             T = context.shape[1]
-            x = torch.cat([self.registers.expand(N, -1, -1), context, x], dim=1)  # [N, R+T+P, D]
+            x = torch.cat([registers, context, x], dim=1)  # [N, R+T+P, D]
             if mask is not None:
                 keep = torch.ones(N, x.shape[1], dtype=torch.bool, device=device)
                 keep[:, R : R + T] = mask
                 mask = keep  # [N, R+T+P]
             context, offset = None, R + T
         else:
-            x = torch.cat([self.registers.expand(N, -1, -1), x], dim=1)  # [N, R+P, D]
+            x = torch.cat([registers, x], dim=1)  # [N, R+P, D]
             offset = R
         rope = rope_2d(
             H // p,
