@@ -123,3 +123,32 @@ def test_noise_levels_and_objective_config():
         load_config(RECIPE, ["objective.name=diffusion"])
     with pytest.raises(ConfigError, match="objective.caption_dropout"):
         load_config(RECIPE, ["objective.caption_dropout=1.0"])
+
+
+@pytest.mark.parametrize("name", ["drifting", "regression", "flow_matching"])
+def test_learning_rate_warm_up_starts_where_configured(name):
+    """The LambdaLR factor of every objective: from lr / warmup_steps by default (never 0, so the
+    first step moves the weights), from optim.warmup_start_lr when set, then constant."""
+    from t2i_drift.training.objectives import TEXT_TO_IMAGE_OBJECTIVES
+
+    def make_objective(cfg):
+        return TEXT_TO_IMAGE_OBJECTIVES[cfg.objective.name](cfg)
+
+    default = make_objective(load_config(None, [f"objective.name={name}", "optim.warmup_steps=4"]))
+    assert [default.lr_factor(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    official = make_objective(
+        load_config(
+            None,
+            [
+                f"objective.name={name}",
+                "optim.learning_rate=2.0e-4",
+                "optim.warmup_start_lr=1.0e-6",
+                "optim.warmup_steps=10",
+            ],
+        )
+    )
+    lrs = [2e-4 * official.lr_factor(s) for s in range(12)]
+    assert lrs[0] == pytest.approx(1e-6) and lrs[10:] == pytest.approx([2e-4, 2e-4])
+    assert lrs[5] == pytest.approx(1e-6 + 0.5 * (2e-4 - 1e-6))
+    with pytest.raises(ConfigError, match="optim.warmup_start_lr"):
+        load_config(None, ["optim.warmup_start_lr=0.5"])  # above the learning rate

@@ -36,9 +36,12 @@ class EffNetLite0Embedder(torch.nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
     def embed(self, images: torch.Tensor, batch_size: int = 100, desc: str = "features") -> np.ndarray:
-        """Batched, with a progress bar; returns float64 [N, 1280]."""
+        """images [N, 3, H, W] in [-1, 1] (any device) -> float64 [N, 1280] on the CPU, batched on the
+        embedder's device, with a progress bar."""
+        device = next(self.net.parameters()).device
         chunks = [
-            self(images[i : i + batch_size]) for i in tqdm(range(0, len(images), batch_size), desc=desc)
+            self(images[i : i + batch_size].to(device)).cpu()
+            for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False)
         ]
         return torch.cat(chunks).double().numpy()
 

@@ -221,6 +221,9 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.01
     warmup_steps: int = 100
+    warmup_start_lr: float | None = None
+    """Learning rate of the first optimizer step; the warm-up is linear from it to
+    ``learning_rate``. Null: ``learning_rate / warmup_steps``. The official release: 1e-6."""
     max_grad_norm: float = 2.0
     ema_decay: float = 0.999
     ema_warmup: bool = True
@@ -308,6 +311,12 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "must be positive or null",
         ),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        ("optim.learning_rate", cfg.optim.learning_rate > 0, "must be > 0"),
+        (
+            "optim.warmup_start_lr",
+            cfg.optim.warmup_start_lr is None or 0 < cfg.optim.warmup_start_lr <= cfg.optim.learning_rate,
+            "must be null or in (0, optim.learning_rate]",
+        ),
         ("objective.logit_std", cfg.objective.logit_std > 0, "must be > 0"),
         ("objective.caption_dropout", 0.0 <= cfg.objective.caption_dropout < 1.0, "must be in [0, 1)"),
         ("objective.num_inference_steps", cfg.objective.num_inference_steps >= 1, "must be >= 1"),
@@ -343,5 +352,3 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
     check_ranges(cfg, source, checks)
-
-

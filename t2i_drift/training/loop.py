@@ -19,7 +19,6 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +105,7 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
     optimizer = build_optimizer(model, cfg.optim)
     # Stepped once per optimizer step on every process (not through accelerator.prepare, which
     # would step it num_processes times and shorten the warm-up in distributed runs).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(objective.lr_factor, warmup_steps=cfg.optim.warmup_steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, objective.lr_factor)
     model, optimizer = accelerator.prepare(model, optimizer)
     source.prepare(accelerator)
     unwrapped = accelerator.unwrap_model(model)

@@ -25,12 +25,22 @@ from diffusers import ModelMixin
 from diffusers.training_utils import EMAModel
 
 from t2i_drift.data.source import DataSource
+from t2i_drift.training.config import OptimConfig
 
 
-def warmup_then_constant(step: int, warmup_steps: int) -> float:
-    """Learning-rate factor of optimizer step ``step`` (0-based): linear warm-up from
-    1 / warmup_steps (never 0: the first step must move the weights) to 1, then constant."""
-    return min(1.0, (step + 1) / max(warmup_steps, 1))
+def warmup_then_constant(step: int, warmup_steps: int, start_factor: float | None = None) -> float:
+    """Learning-rate factor of optimizer step ``step`` (0-based): linear warm-up to 1 over
+    ``warmup_steps``, then constant. The warm-up starts at ``start_factor`` (the official release:
+    1e-6 / lr) or, when None, at 1 / warmup_steps; never at 0, since the first step must move the
+    weights."""
+    if start_factor is None:
+        return min(1.0, (step + 1) / max(warmup_steps, 1))
+    return min(1.0, start_factor + (1.0 - start_factor) * step / max(warmup_steps, 1))
+
+
+def warmup_start_factor(optim: OptimConfig) -> float | None:
+    """``optim.warmup_start_lr`` as a factor of ``optim.learning_rate`` (None when unset)."""
+    return None if optim.warmup_start_lr is None else optim.warmup_start_lr / optim.learning_rate
 
 
 class Objective(ABC):
@@ -73,9 +83,10 @@ class Objective(ABC):
         return f"{type(model).__name__} {n_params / 1e6:.2f}M params"
 
     # -- every step --------------------------------------------------------------------------
-    def lr_factor(self, step: int, warmup_steps: int) -> float:
+    def lr_factor(self, step: int) -> float:
         """Multiplier of ``optim.learning_rate`` at optimizer step ``step`` (0-based)."""
-        return warmup_then_constant(step, warmup_steps)
+        optim = self.cfg.optim
+        return warmup_then_constant(step, optim.warmup_steps, warmup_start_factor(optim))
 
     def phase(self, step: int) -> str | None:
         """Name of the training phase step ``step`` belongs to; the loop logs at every change."""

@@ -32,7 +32,7 @@ from t2i_drift.models.mae_resnet import ResNetMAE
 from t2i_drift.models.vae import encode_latents, load_vae, vae_scale_factor
 from t2i_drift.training.ema import ema_copy
 from t2i_drift.training.mae_config import MAEConfig, MAEModelConfig
-from t2i_drift.training.objectives.base import Objective, warmup_then_constant
+from t2i_drift.training.objectives.base import Objective, warmup_start_factor, warmup_then_constant
 
 MAE_SUBDIR = "mae"
 MAE_PRETRAINED_SUBDIR = "mae_pretrained"
@@ -104,10 +104,11 @@ class MAEObjective(Objective):
             f"{self.cfg.train.batch_size} images per step per process"
         )
 
-    def lr_factor(self, step: int, warmup_steps: int) -> float:
+    def lr_factor(self, step: int) -> float:
         if step >= self.cfg.train.max_steps:  # fine-tune: constant, no warm-up (the weights are trained)
             return self.cfg.finetune.learning_rate / self.cfg.optim.learning_rate
-        return warmup_then_constant(step, warmup_steps)
+        optim = self.cfg.optim
+        return warmup_then_constant(step, optim.warmup_steps, warmup_start_factor(optim))
 
     def phase(self, step: int) -> str:
         return "finetune" if step >= self.cfg.train.max_steps else "pretrain"
