@@ -115,6 +115,45 @@ def test_bad_names_and_stages_are_value_errors_that_name_them(convnext_dir, tmp_
         HubVisionFeatures(convnext_dir, dtype="float33")
 
 
+@pytest.fixture(scope="module")
+def trained_norm_convnext_dir(tmp_path_factory):
+    """The tiny ConvNeXt-V2 with every output stage's LayerNorm given a non-identity affine, as a
+    trained backbone checkpoint has: its maps then come out not normalized per location."""
+    from transformers import ConvNextV2Backbone, ConvNextV2Config
+
+    torch.manual_seed(0)
+    config = ConvNextV2Config(
+        hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], image_size=32,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )  # fmt: skip
+    backbone = ConvNextV2Backbone(config)
+    with torch.no_grad():
+        for norm in backbone.hidden_states_norms.values():
+            norm.weight.uniform_(0.5, 3.0)
+            norm.bias.normal_(0.0, 1.0)
+    path = tmp_path_factory.mktemp("convnextv2_trained_norms")
+    backbone.save_pretrained(path)
+    return str(path)
+
+
+def test_location_norm_normalizes_every_location_over_channels(trained_norm_convnext_dir):
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    plain = HubVisionFeatures(trained_norm_convnext_dir)(x)
+    normed = HubVisionFeatures(trained_norm_convnext_dir, location_norm=True)(x)
+    assert list(normed) == list(plain)
+    torch.testing.assert_close(normed["hub/input_rms"], plain["hub/input_rms"], rtol=0, atol=0)
+    for stage in ("stage1", "stage2", "stage3", "stage4"):
+        loc = normed[f"hub.{stage}/loc"]  # [N, h*w, C]
+        ones = torch.ones(loc.shape[:2])
+        torch.testing.assert_close(loc.mean(-1), torch.zeros_like(ones), rtol=0, atol=1e-4)
+        torch.testing.assert_close(loc.var(-1, unbiased=False), ones, rtol=0, atol=1e-3)
+        raw = plain[f"hub.{stage}/loc"]
+        assert (raw.var(-1, unbiased=False) - 1).abs().max() > 0.1  # the option did something
+        torch.testing.assert_close(loc, F.layer_norm(raw, raw.shape[-1:], eps=1e-6))
+        # The other sets are taken from the normalized map.
+        torch.testing.assert_close(normed[f"hub.{stage}/mean"], loc.mean(1, keepdim=True))
+
+
 # ---------------------------------------------------------------------------- decoded latents
 
 

@@ -64,6 +64,32 @@ def test_all_encoders_in_one_pixel_loss_with_per_encoder_weights(parts, tmp_path
     )
 
 
+def test_official_feature_options_reach_the_encoders(parts):
+    """features.mae.{stem, stage_norm, keep_single_cell_patches, input_rms_on_encoder_input} and
+    features.hub.location_norm, from the config to the keys."""
+    options = [
+        f"features.mae.path={parts['mae_pixels']}",  # 16 px, stem 2: s4.out is a 1x1 map
+        f"features.hub.name={parts['hub']}",
+        "features.hub.input_size=32",
+        "features.patch_sizes=[2]",
+    ]
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    plain = build_feature_encoder(load_config(RECIPE, options).features, 16)(images)
+    cfg = load_config(RECIPE, [
+        *options, "features.mae.stem=true", "features.mae.stage_norm=true",
+        "features.mae.keep_single_cell_patches=true", "features.mae.input_rms_on_encoder_input=true",
+        "features.hub.location_norm=true",
+    ])  # fmt: skip
+    feats = build_feature_encoder(cfg.features, 16)(images)
+    assert feats["mae.stem/loc"].shape == (2, 8 * 8, 8)
+    assert feats["mae/input_rms"].shape == (2, 1, 12)  # 3 channels x 2 x 2 space-to-depth
+    assert torch.equal(feats["mae.s2.b4/loc"], plain["mae.s2.out/loc"])  # raw copy; out is normed
+    assert not torch.equal(feats["mae.s2.out/loc"], plain["mae.s2.out/loc"])
+    assert "mae.s3.out/mean2x2" in feats and "mae.s3.out/mean2x2" not in plain  # 2x2 map, one cell
+    hub = feats["hub.stage2/loc"]
+    torch.testing.assert_close(hub, torch.nn.functional.layer_norm(plain["hub.stage2/loc"], (16,), eps=1e-6))
+
+
 def test_latent_run_with_decoded_pixel_features_and_a_latent_mae(parts, tmp_path):
     overrides = [
         f"model.vae={parts['vae']}",
@@ -108,6 +134,21 @@ def test_mismatched_encoders_are_errors_that_name_the_key(parts):
         (["features.raw=null", "features.effnet=null"], "features"),  # no encoder left
         (["features.effnet=true"], "features.effnet"),  # the old flag form: a clear error
         (["model.text_attention=both"], "model.text_attention"),
+        (["features.mae.path=m", "features.mae.stem=2"], "features.mae.stem"),
+        (
+            ["features.mae.path=m", "features.mae.stage_norm=true", "features.mae.maps=[s1.b2]"],
+            "features.mae.stage_norm",
+        ),  # no stage output to normalize
+        (
+            ["features.mae.path=m", "features.mae.keep_single_cell_patches=true", "features.patch_sizes=[]"],
+            "features.mae.keep_single_cell_patches",
+        ),  # no patch sets to keep
+        (
+            ["features.mae.path=m", "features.mae.input_rms_on_encoder_input=2"],
+            "features.mae.input_rms_on_encoder_input",
+        ),
+        (["features.hub.name=h", "features.hub.location_norm=2"], "features.hub.location_norm"),
+        (["features.patch_sizes=[1, 2]"], "features.patch_sizes"),  # 1: a constant std key
     ],
 )
 def test_feature_config_errors_name_the_key(overrides, key):

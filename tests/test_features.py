@@ -62,3 +62,17 @@ def test_multi_encoder_keeps_keys_apart():
         raise AssertionError("duplicate keys must raise")
     out = MultiFeatureEncoder({"raw": RawFeatures()})(torch.ones(2, 3, 4, 4))
     assert out["raw/flat"].shape == (2, 1, 48)
+
+
+def test_single_cell_patch_sets_are_kept_on_request_and_equal_the_global_statistics():
+    """The official "1x1" sets: 4x4 patches of a 4x4 map pool to one cell; kept as own keys."""
+    fmap = torch.randn(2, 5, 4, 4)
+    default = map_feature_sets(fmap, "f", patch_sizes=(2, 4, 8))
+    kept = map_feature_sets(fmap, "f", patch_sizes=(2, 4, 8), keep_single_cell=True)
+    assert "f/mean4x4" not in default and "f/std4x4" not in default
+    assert kept["f/mean4x4"].shape == (2, 1, 5) and kept["f/std4x4"].shape == (2, 1, 5)
+    torch.testing.assert_close(kept["f/mean4x4"], kept["f/mean"])
+    torch.testing.assert_close(kept["f/std4x4"], kept["f/std"], rtol=1e-4, atol=1e-4)
+    assert "f/mean8x8" not in kept  # larger than the map: no cell at all
+    assert list(default) == [k for k in kept if k in default]  # nothing else changes
+    assert all(torch.equal(default[k], kept[k]) for k in default)

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import tiny_mae, tiny_vae
 from safetensors.torch import load_file
 
+from t2i_drift.drifting import input_rms, map_feature_sets
 from t2i_drift.models import MAEFeatures, ResNetMAE
 from t2i_drift.models.mae_resnet import masked_mse
 from t2i_drift.training.checkpoint import list_checkpoints
@@ -147,6 +149,73 @@ def test_mae_features_on_latents_keep_their_size():
     assert "lat.s1.out/loc" not in feats
     assert feats["lat.s1.out/mean2x2"].shape == (2, 16, 8)  # 8x8 map: no resize happened
     assert feats["lat/input_rms"].shape == (2, 1, 4)
+
+
+def test_stem_map_and_the_encoder_input_as_space_to_depth():
+    model = tiny_mae()  # pixels, stem_patch_size 2
+    x = torch.randn(2, 3, 32, 32)
+    assert model.feature_map_names == PAPER_MAPS  # the stem is asked for, never a default map
+    maps = model.feature_maps(x, ["s1.out", "stem"])
+    assert list(maps) == ["stem", "s1.out"]  # shallow to deep
+    torch.testing.assert_close(maps["stem"], model.stem(x), rtol=0, atol=0)
+    assert list(model.feature_maps(x, ["stem"])) == ["stem"]  # runs no stage
+    s2d = model.encoder_input(x)
+    assert s2d.shape == (2, 12, 16, 16)
+    torch.testing.assert_close(s2d[:, 1 * 4 + 1 * 2 + 0], x[:, 1, 1::2, 0::2], rtol=0, atol=0)
+    # The patchify stem conv is a 1x1 conv of the space-to-depth input.
+    conv = model.stem[0]
+    as_1x1 = F.conv2d(s2d, conv.weight.reshape(conv.out_channels, 12, 1, 1))
+    torch.testing.assert_close(as_1x1, conv(x), rtol=1e-5, atol=1e-5)
+    z = torch.randn(2, 4, 8, 8)
+    assert tiny_mae(in_channels=4, stem_patch_size=1, sample_size=8).encoder_input(z) is z
+
+
+def test_mae_features_by_default_are_the_paper_sets_bit_for_bit():
+    """Every official-release option off: exactly the keys and values of the paper's maps."""
+    model = tiny_mae()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    feats = MAEFeatures(model)(x)
+    expected = {"mae/input_rms": input_rms(x)}
+    for name, fmap in model.feature_maps(x).items():
+        expected.update(map_feature_sets(fmap, f"mae.{name}", (2, 4)))
+    assert list(feats) == list(expected)
+    assert all(torch.equal(feats[k], expected[k]) for k in expected)
+
+
+OFFICIAL_MAPS = ["stem", "s1.b2", "s1.out", "s2.b2", "s2.b4", "s2.out", "s3.b2", "s3.b4", "s3.b6",
+                 "s3.out", "s4.b2", "s4.out"]  # fmt: skip
+
+
+def test_official_options_give_the_releases_12_maps_and_85_keys():
+    """The paper's setting (32x32 latents, stride-1 stem, depths [3, 4, 6, 3]) with stem,
+    stage_norm and the single-cell patch sets: 12 maps x 7 sets + the input RMS = 85 keys."""
+    model = tiny_mae(in_channels=4, sample_size=32, stem_patch_size=1)
+    z = torch.randn(2, 4, 32, 32)
+    plain = MAEFeatures(model)(z)
+    feats = MAEFeatures(model, stem=True, stage_norm=True, keep_single_cell_patches=True)(z)
+    assert [k.split("/")[0] for k in feats if k.endswith("/loc")] == [f"mae.{m}" for m in OFFICIAL_MAPS]
+    assert len(feats) == 85
+    assert feats["mae.s4.out/mean4x4"].shape == (2, 1, 64)  # the deepest maps' 1x1 sets
+    torch.testing.assert_close(feats["mae.stem/loc"], model.stem(z).flatten(2).transpose(1, 2))
+    # Stage outputs are GroupNorm'd (4 groups of 2 channels: mean 0, variance 1 over each group);
+    # the raw last block of an even-depth stage keeps today's stage-output values.
+    loc = feats["mae.s2.out/loc"]  # [N, L, 16]
+    groups = loc.reshape(2, loc.shape[1], 4, 4).transpose(1, 2).flatten(2)  # [N, 4 groups, L*4]
+    torch.testing.assert_close(groups.mean(-1), torch.zeros(2, 4), rtol=0, atol=1e-4)
+    torch.testing.assert_close(groups.var(-1, unbiased=False), torch.ones(2, 4), rtol=0, atol=1e-3)
+    assert torch.equal(feats["mae.s2.b4/loc"], plain["mae.s2.out/loc"])
+    assert "mae.s1.b3/loc" not in feats and "mae.s4.b3/loc" not in feats  # odd depth: no copy
+    # The normalization is parameter-free: the checkpoint is unchanged.
+    assert set(MAEFeatures(model, stage_norm=True).state_dict()) == set(MAEFeatures(model).state_dict())
+
+
+def test_input_rms_on_the_encoder_input_is_per_space_to_depth_channel():
+    model = tiny_mae()  # pixels, stem_patch_size 2: 3 * 2 * 2 = 12 channels reach the stem
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    rms = MAEFeatures(model, input_rms_on_encoder_input=True)(x)["mae/input_rms"]
+    assert rms.shape == (2, 1, 12)
+    torch.testing.assert_close(rms, input_rms(F.pixel_unshuffle(x, 2)))
+    assert MAEFeatures(model)(x)["mae/input_rms"].shape == (2, 1, 3)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,15 +62,21 @@ def map_feature_sets(
     patch_sizes: Sequence[int] = (2, 4),
     include_per_location: bool = True,
     include_global: bool = True,
+    keep_single_cell: bool = False,
 ) -> dict[str, torch.Tensor]:
     """All official sets of one feature map, keyed ``<name>/<set>``.
 
-    A patch size whose pooled map would be 1x1 duplicates the global mean/std and is skipped;
-    so is a patch size larger than the map.
+    A patch size whose pooled map would be a single cell (e.g. 4x4 patches of a 4x4 map) gives
+    the global mean/std again, so by default it is skipped; ``keep_single_cell`` keeps it as its
+    own key, as the official release does on its deepest MAE maps (its "1x1" sets): values equal
+    to set (b) up to rounding, L = 1, but a separate term of the loss with its own normalization,
+    so the global statistics of those maps count twice. A patch size larger than the map gives no
+    cell and is always skipped.
 
     Args:
         fmap: [images, C, H, W] feature map.
         name: key prefix, e.g. ``"effnet.b3"``.
+        keep_single_cell: keep patch sets whose pooled map is 1x1 (see above).
     Returns:
         dict key -> [images, L, D].
     """
@@ -80,8 +86,9 @@ def map_feature_sets(
     if include_global:
         out[f"{name}/mean"], out[f"{name}/std"] = global_mean_std(fmap)
     _, _, H, W = fmap.shape
+    fewest_cells = 1 if keep_single_cell else 2
     for patch in patch_sizes:
-        if H // patch * (W // patch) <= 1:
+        if H // patch * (W // patch) < fewest_cells:
             continue
         out[f"{name}/mean{patch}x{patch}"], out[f"{name}/std{patch}x{patch}"] = patch_mean_std(fmap, patch)
     return out

@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from t2i_drift.drifting.feature_sets import flattened, input_rms, map_feature_sets
-from t2i_drift.models.mae_resnet import ResNetMAE
+from t2i_drift.models.feature_map_norms import stage_group_norm
+from t2i_drift.models.mae_resnet import STEM_MAP, ResNetMAE
 from t2i_drift.models.vae import decode_latents
 
 
@@ -117,6 +118,22 @@ class MAEFeatures(FrozenEncoder):
 
     Keys: ``<prefix>.<map>/<set>`` (e.g. ``mae.s2.out/loc``) and ``<prefix>/input_rms``.
 
+    The official release's details, each off by default (docs/method.md section 4):
+
+    - ``stem``: the stem output (conv + GroupNorm + ReLU, [N, C, H/s, W/s]) is one more map,
+      ``<prefix>.stem``, before the others.
+    - ``stage_norm``: every stage output ``s<i>.out`` passes through a parameter-free GroupNorm
+      (the MAE's ``norm_num_groups`` and ``norm_eps``, no affine: a ResNetMAE has no such layer
+      and a learned one would change its checkpoint) before its sets are taken; the normalization
+      feeds only the features, not the next stage. The official maps also keep the raw output of
+      every 2nd block, so a stage of even depth d (the paper's 4 and 6) then also gives its raw
+      last block as ``s<i>.b<d>``. With all maps and ``stem`` that is the release's 12 maps.
+    - ``keep_single_cell_patches``: patch mean/std sets whose pooled map is a single cell (4x4
+      patches of a 4x4 map) are kept as their own keys (``map_feature_sets(keep_single_cell=)``).
+    - ``input_rms_on_encoder_input``: ``<prefix>/input_rms`` is taken on what the stem reads,
+      ``ResNetMAE.encoder_input`` (space-to-depth by ``stem_patch_size``: [N, 1, C_in*s*s]),
+      not on the image ([N, 1, C_in]). The same for a latent MAE (s = 1).
+
     Args:
         model: a ResNetMAE, or a ``save_pretrained`` folder of one; an MAE run's output folder
             works too (its ``mae/`` subfolder is used).
@@ -124,6 +141,7 @@ class MAEFeatures(FrozenEncoder):
         patch_sizes / per_location: which official sets (as for EfficientNetLite0Features).
         prefix: key prefix, distinct per encoder in one MultiFeatureEncoder.
         include_input_rms: False drops ``<prefix>/input_rms``.
+        stem, stage_norm, keep_single_cell_patches, input_rms_on_encoder_input: see above.
     """
 
     def __init__(
@@ -134,6 +152,10 @@ class MAEFeatures(FrozenEncoder):
         per_location: bool = True,
         prefix: str = "mae",
         include_input_rms: bool = True,
+        stem: bool = False,
+        stage_norm: bool = False,
+        keep_single_cell_patches: bool = False,
+        input_rms_on_encoder_input: bool = False,
     ):
         super().__init__()
         if not isinstance(model, ResNetMAE):
@@ -148,7 +170,32 @@ class MAEFeatures(FrozenEncoder):
         self.per_location = per_location
         self.prefix = prefix
         self.include_input_rms = include_input_rms
+        self.stem = stem
+        self.stage_norm = stage_norm
+        self.keep_single_cell_patches = keep_single_cell_patches
+        self.input_rms_on_encoder_input = input_rms_on_encoder_input
         self.freeze()
+
+    def named_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps whose sets become keys: x [N, C_in, sample_size, sample_size] (already
+        resized) -> dict name -> [N, C_i, h_i, w_i], shallow to deep."""
+        names = [STEM_MAP, *self.maps] if self.stem else self.maps
+        maps = self.model.feature_maps(x, names)
+        return self._with_stage_norm(maps) if self.stage_norm else maps
+
+    def _with_stage_norm(self, maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``s<i>.out`` -> GroupNorm'd; before it, its raw copy as ``s<i>.b<d>`` when the stage
+        depth d is even (then the every-2nd-block rule takes the last block too)."""
+        cfg = self.model.config
+        out: dict[str, torch.Tensor] = {}
+        for name, fmap in maps.items():
+            if name.endswith(".out"):
+                depth = cfg.depths[int(name[1 : name.index(".")]) - 1]
+                if depth % 2 == 0:
+                    out[f"{name[: name.index('.')]}.b{depth}"] = fmap
+                fmap = stage_group_norm(fmap, cfg.norm_num_groups, cfg.norm_eps)
+            out[name] = fmap
+        return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [N, C_in, H, W] (pixels in [-1, 1] or latents) -> dict key -> [N, L, D]."""
@@ -163,11 +210,18 @@ class MAEFeatures(FrozenEncoder):
             x = F.interpolate(
                 x, size=(cfg.sample_size, cfg.sample_size), mode="bilinear", align_corners=False
             )
-        out = {f"{self.prefix}/input_rms": input_rms(x)} if self.include_input_rms else {}
-        for name, fmap in self.model.feature_maps(x, self.maps).items():  # [N, C_i, h_i, w_i]
+        out = {}
+        if self.include_input_rms:
+            rms_of = self.model.encoder_input(x) if self.input_rms_on_encoder_input else x
+            out[f"{self.prefix}/input_rms"] = input_rms(rms_of)  # [N, 1, C_in] or [N, 1, C_in*s*s]
+        for name, fmap in self.named_maps(x).items():  # [N, C_i, h_i, w_i]
             out.update(
                 map_feature_sets(
-                    fmap.to(images.dtype), f"{self.prefix}.{name}", self.patch_sizes, self.per_location
+                    fmap.to(images.dtype),
+                    f"{self.prefix}.{name}",
+                    self.patch_sizes,
+                    self.per_location,
+                    keep_single_cell=self.keep_single_cell_patches,
                 )
             )
         return out

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from t2i_drift.drifting.feature_sets import input_rms, map_feature_sets
 from t2i_drift.models.feature_encoders import FrozenEncoder
+from t2i_drift.models.feature_map_norms import location_layer_norm
 
 # What torchvision / timm ImageNet models expect after scaling pixels to [0, 1]; used when a backbone
 # ships no preprocessor config (or one without image_mean / image_std).
@@ -99,6 +100,12 @@ class HubVisionFeatures(FrozenEncoder):
     3. the backbone; each requested stage's map [N, C, h, w] gives the official feature sets
        (``map_feature_sets``). ViT-like backbones are asked for maps (``reshape_hidden_states``);
        token outputs of any other backbone are reshaped here (leading CLS/register tokens dropped).
+       With ``location_norm`` each map is first LayerNorm-normalized over channels at every
+       location (no affine, eps 1e-6), as the official release does with ConvNeXt-V2. Note that
+       transformers' ConvNeXt(-V2) backbones already end every output stage in a channels-first
+       LayerNorm whose affine, when loaded from a classification checkpoint, is the identity
+       init; for them the option changes little. It matters for a backbone whose maps come out
+       unnormalized or through a trained affine.
 
     Keys: ``<prefix>.<stage>/<set>`` per stage and ``<prefix>/input_rms`` (per-channel RMS of the
     normalized input the backbone sees). A transformers backbone runs all its layers whatever the
@@ -115,6 +122,7 @@ class HubVisionFeatures(FrozenEncoder):
         dtype: weights' dtype (``torch.bfloat16`` or ``"bfloat16"``; None: float32, whatever the
             checkpoint's); inputs are cast to it and features back to the input's dtype.
         include_input_rms: False drops ``<prefix>/input_rms`` (e.g. when another encoder gives it).
+        location_norm: per-location LayerNorm of each map before its sets (step 3).
     """
 
     def __init__(
@@ -130,6 +138,7 @@ class HubVisionFeatures(FrozenEncoder):
         revision: str | None = None,
         dtype: torch.dtype | str | None = None,
         include_input_rms: bool = True,
+        location_norm: bool = False,
     ):
         super().__init__()
         from transformers import AutoConfig
@@ -207,6 +216,7 @@ class HubVisionFeatures(FrozenEncoder):
         self.per_location = per_location
         self.prefix = prefix
         self.include_input_rms = include_input_rms
+        self.location_norm = location_norm
         self.name = name
         self.freeze()
 
@@ -248,8 +258,8 @@ class HubVisionFeatures(FrozenEncoder):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x, maps = self.feature_maps(images)
         out = {f"{self.prefix}/input_rms": input_rms(x)} if self.include_input_rms else {}
-        for stage, fmap in maps.items():
+        for stage, fmap in maps.items():  # [N, C_s, H_s, W_s]
+            if self.location_norm:
+                fmap = location_layer_norm(fmap)
             out.update(map_feature_sets(fmap, f"{self.prefix}.{stage}", self.patch_sizes, self.per_location))
         return out
-
-

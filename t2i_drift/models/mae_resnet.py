@@ -30,6 +30,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+# Name of the stem output among the feature maps (the official release's ``conv1`` map).
+STEM_MAP = "stem"
+
 
 @dataclass
 class MAEOutput(BaseOutput):
@@ -255,7 +258,9 @@ class ResNetMAE(ModelMixin, ConfigMixin):
     @property
     def feature_map_names(self) -> list[str]:
         """Names of :meth:`feature_maps`, shallow to deep: ``s<i>.b<j>`` after every 2nd block of
-        stage i (1-based) and ``s<i>.out`` for its output (a stage of 4 blocks gives b2, out)."""
+        stage i (1-based) and ``s<i>.out`` for its output (a stage of 4 blocks gives b2, out).
+        The stem output ``stem`` (:data:`STEM_MAP`) can be asked for too but is not part of this
+        default list (the paper's maps)."""
         names = []
         for i, depth in enumerate(self.config.depths, start=1):
             names += [f"s{i}.b{j}" for j in range(2, depth, 2)]
@@ -266,9 +271,12 @@ class ResNetMAE(ModelMixin, ConfigMixin):
         """Run the encoder on x [N, C_in, H, W]; return the named maps in ``keep`` (None: every
         stage output ``s<i>.out`` only), stopping after the deepest one needed."""
         wanted = {f"s{i}.out" for i in range(1, len(self.stages) + 1)} if keep is None else keep
-        last = max(int(name[1 : name.index(".")]) for name in wanted)
+        # The stem counts as stage 0: asking for it alone runs no stage.
+        last = max(0 if name == STEM_MAP else int(name[1 : name.index(".")]) for name in wanted)
         maps: dict[str, torch.Tensor] = {}
         h = self.stem(x.to(self.dtype))  # [N, C, H/s, W/s]
+        if STEM_MAP in wanted:
+            maps[STEM_MAP] = h
         for i, stage in enumerate(self.stages[:last], start=1):
             for j, block in enumerate(stage, start=1):
                 h = block(h)  # [N, C*2^(i-1), H/s/2^(i-1), W/s/2^(i-1)]
@@ -282,17 +290,28 @@ class ResNetMAE(ModelMixin, ConfigMixin):
 
         Args:
             x: [N, C_in, H, W].
-            names: a subset of :attr:`feature_map_names` (None: all of them).
+            names: a subset of :attr:`feature_map_names` and ``stem`` (None: the former, all).
         Returns:
-            dict name -> [N, C_i, h_i, w_i], in :attr:`feature_map_names` order.
+            dict name -> [N, C_i, h_i, w_i], shallow to deep (``stem`` [N, C, H/s, W/s] first).
         """
-        valid = self.feature_map_names
-        names = valid if names is None else list(names)
+        valid = [STEM_MAP, *self.feature_map_names]
+        names = self.feature_map_names if names is None else list(names)
         unknown = [n for n in names if n not in valid]
         if unknown or not names:
             raise ValueError(f"unknown feature maps {unknown or names}; this model has {valid}")
         maps = self._encode(x, set(names))
         return {n: maps[n] for n in valid if n in maps}
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input as the encoder reads it: space-to-depth by s = ``stem_patch_size``.
+
+        The patchify stem (kernel = stride = s) is a linear map of the s*s*C_in values of each
+        stem cell, i.e. a 1x1 conv of this tensor; the official pixel MAE's explicit
+        space-to-depth by 8 is the same step. x [N, C_in, H, W] -> [N, C_in*s*s, H/s, W/s]
+        (channel c*s*s + i*s + j holds x[:, c, i::s, j::s]); s = 1 returns x itself.
+        """
+        s = self.config.stem_patch_size
+        return F.pixel_unshuffle(x, s) if s > 1 else x
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of the unmasked input: x [N, C_in, H, W] -> [N, K]."""

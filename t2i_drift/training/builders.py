@@ -165,6 +165,7 @@ def build_feature_encoder(
                 input_size=f.hub.input_size,
                 patch_sizes=f.patch_sizes,
                 per_location=f.per_location,
+                location_norm=f.hub.location_norm,
             )
         except ValueError as err:
             raise ValueError(f"features.hub.name: {err}") from None
@@ -184,7 +185,16 @@ def build_feature_encoder(
 
 def _mae_features(f: FeaturesConfig, vae: AutoencoderKL | None) -> MAEFeatures:
     try:
-        mae = MAEFeatures(f.mae.path, maps=f.mae.maps, patch_sizes=f.patch_sizes, per_location=f.per_location)
+        mae = MAEFeatures(
+            f.mae.path,
+            maps=f.mae.maps,
+            patch_sizes=f.patch_sizes,
+            per_location=f.per_location,
+            stem=f.mae.stem,
+            stage_norm=f.mae.stage_norm,
+            keep_single_cell_patches=f.mae.keep_single_cell_patches,
+            input_rms_on_encoder_input=f.mae.input_rms_on_encoder_input,
+        )
     except (OSError, ValueError) as err:
         raise ValueError(f"features.mae.path={f.mae.path!r}: {err}") from None
     expected = 3 if vae is None else vae.config.latent_channels

@@ -139,6 +139,18 @@ class MAEFeatureConfig:
     """Feature maps to use (``s1.b2``, ``s1.out``, ..., ``s4.out``); null: all nine."""
     weight: float = 1.0
     """Loss weight of every MAE key."""
+    stem: bool = False
+    """Also take the stem output (conv + GroupNorm + ReLU) as a map, ``mae.stem`` (official: yes)."""
+    stage_norm: bool = False
+    """Each stage output ``s<i>.out`` through a parameter-free GroupNorm (the MAE's group count)
+    before its sets; a stage of even depth then also gives its raw last block ``s<i>.b<d>``
+    (official: a per-stage GroupNorm)."""
+    keep_single_cell_patches: bool = False
+    """Keep patch mean/std sets whose pooled map is one cell (4x4 patches of a 4x4 map; equal to
+    the global mean/std but their own keys), as the official release does on its deepest maps."""
+    input_rms_on_encoder_input: bool = False
+    """Take ``mae/input_rms`` on what the stem reads (space-to-depth by ``stem_patch_size``) rather
+    than on the image (official: on the encoder's space-to-depth input)."""
 
 
 @dataclass
@@ -153,6 +165,9 @@ class HubFeatureConfig:
     """Side the images are resized to; null: from its preprocessor config."""
     weight: float = 1.0
     """Loss weight of every hub-backbone key."""
+    location_norm: bool = False
+    """LayerNorm over channels (no affine) at each location of each map before its sets, as the
+    official release does with ConvNeXt-V2."""
 
 
 FEATURE_ENCODERS = ("raw", "effnet", "mae", "hub")
@@ -334,6 +349,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             f"must enable at least one of {list(FEATURE_ENCODERS)}",
         ),
         ("features.mae.path", cfg.features.mae is None or bool(cfg.features.mae.path), "must be set"),
+        *_feature_option_checks(cfg.features),
         ("features.hub.name", cfg.features.hub is None or bool(cfg.features.hub.name), "must be set"),
         (
             "text.token_sources",
@@ -352,3 +368,28 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
     check_ranges(cfg, source, checks)
+
+
+def _feature_option_checks(f: FeaturesConfig) -> list[tuple[str, bool, str]]:
+    """Checks of the feature-set options whose value can be wrong beyond its type."""
+    mae = f.mae
+    normalizes_a_stage = mae is None or mae.maps is None or any(m.endswith(".out") for m in mae.maps)
+    return [
+        (
+            # Size 1 would repeat the per-location set and give a constant std (a key with no
+            # spread, whose normalization scale is 0).
+            "features.patch_sizes",
+            all(k >= 2 for k in f.patch_sizes),
+            "must be integers >= 2",
+        ),
+        (
+            "features.mae.keep_single_cell_patches",
+            mae is None or not mae.keep_single_cell_patches or len(f.patch_sizes) > 0,
+            "needs patch sets: features.patch_sizes is empty",
+        ),
+        (
+            "features.mae.stage_norm",
+            mae is None or not mae.stage_norm or normalizes_a_stage,
+            "normalizes stage outputs, but features.mae.maps names none (s<i>.out)",
+        ),
+    ]
