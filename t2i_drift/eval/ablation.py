@@ -93,7 +93,10 @@ def training_overrides(plan: Plan, variant: str, seed: int, out_dir: str | Path,
 def quality(data: str, result: Mapping[str, Any]) -> dict[str, float]:
     """The figures an ablation table shows, from one NFE's evaluation (fractions stay fractions)."""
     if data == "shapes":
-        out = {f"heldout {a}": float(result["heldout"][a]) for a in SHAPES_ATTRIBUTES}
+        held = result["heldout"]
+        out = {f"heldout {a}": float(held[a]) for a in SHAPES_ATTRIBUTES}
+        # Short runs sit near 0 on all_attributes; the mean of the five moves first.
+        out["heldout mean of 5"] = statistics.fmean(float(held[a]) for a in SHAPES_ATTRIBUTES[:-1])
         out["train all_attributes"] = float(result["train"]["all_attributes"])
     else:
         out = {
@@ -128,7 +131,7 @@ def table(
         walls: variant -> the training wall time of each seed (s).
     """
     rows, header, base = [], None, None
-    main = "heldout all_attributes" if data == "shapes" else "FD train"
+    main = "heldout mean of 5" if data == "shapes" else "FD train"
     for variant, by_seed in results.items():
         figures = [quality(data, e["runs"][0]) for _, e in sorted(by_seed.items())]
         keys = list(figures[0])
