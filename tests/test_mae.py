@@ -250,6 +250,7 @@ def tiny_overrides(out: Path, *extra: str) -> list[str]:
         ("model.norm_num_groups=5", "model.norm_num_groups"),
         ("data.resolution=30", "data.resolution"),
         ("data.name=webdataset", "data.path"),  # any source works; shards need a path
+        ("augment.crop_scale=[0.5, 0.2]", "augment.crop_scale"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
@@ -346,3 +347,47 @@ def test_latent_space_mae_trains_on_vae_latents(tmp_path):
     assert enc.model.config.num_classes == 0  # finetune.steps=0: no head
     feats = enc(torch.randn(2, 4, 8, 8))
     assert feats["mae.s1.out/loc"].shape == (2, 64, 8)
+
+
+def test_batch_augment_is_per_image_seeded_and_leaves_the_global_generator_alone():
+    from t2i_drift.data.augment import BatchAugment
+
+    images = torch.rand(16, 3, 8, 8)
+    flip_only = BatchAugment(8, crop_scale=(1.0, 1.0), hflip=True)
+    state = torch.random.get_rng_state()
+    out = flip_only(images, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    flipped = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)]
+    kept = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 0 < sum(flipped) < 16  # per image
+    assert torch.equal(out, flip_only(images, torch.Generator().manual_seed(0)))
+    crops = BatchAugment(8, crop_scale=(0.2, 0.5), hflip=False)(images, torch.Generator().manual_seed(1))
+    assert crops.shape == images.shape and not torch.allclose(crops, images)
+    with pytest.raises(ValueError, match="crop scale"):
+        BatchAugment(8, crop_scale=(0.0, 1.0))
+
+
+def test_augmented_mae_training_changes_the_loss_and_resumes_exactly(straight_run, tmp_path):
+    """augment.* on: other reconstruction losses than the plain run, and 2 steps straight equal a
+    1-step run resumed with train.max_steps=2 (the views follow the run's checkpointed generator;
+    the resumed run's schedule, not the saved optimizer's rate, sets step 2's learning rate)."""
+    augment = ("augment.crop_scale=[0.3, 1.0]", "finetune.steps=0")
+    straight = tmp_path / "straight"
+    train_mae(load_mae_config(None, tiny_overrides(straight, "train.max_steps=2", *augment)))
+    resumed = tmp_path / "resumed"
+    train_mae(load_mae_config(None, tiny_overrides(resumed, "train.max_steps=1", *augment)))
+    train_mae(
+        load_mae_config(
+            None,
+            tiny_overrides(resumed, "train.max_steps=2", "train.resume_from_checkpoint=latest", *augment),
+        )
+    )
+    a = load_file(str(straight / "checkpoints" / "checkpoint-2" / "mae" / WEIGHTS))
+    b = load_file(str(resumed / "checkpoints" / "checkpoint-2" / "mae" / WEIGHTS))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(run):
+        lines = (run / "logs" / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["rec_loss"] for line in lines]
+
+    assert losses(straight)[0] != losses(straight_run)[0]  # same seed and batch, other views

@@ -145,6 +145,14 @@ def load_checkpoint(
     sched_state = scheduler.state_dict()
     sched_state.update(meta["scheduler"])
     scheduler.load_state_dict(sched_state)
+    # The saved optimizer holds the rate the *old* schedule set for the next step. A resumed run
+    # may change what the schedule depends on (train.max_steps moves the MAE fine-tune boundary),
+    # so the next step's rate comes from this run's schedule (the same number when nothing changed).
+    lambdas = zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)
+    rates = [base * factor(scheduler.last_epoch) for base, factor in lambdas]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
+    scheduler._last_lr = rates
     rng_file = path / f"rng_state_{process_index}.safetensors"
     if rng_file.is_file():
         rng = load_file(str(rng_file))

@@ -56,6 +56,17 @@ class FinetuneConfig:
     detail the drifting loss uses is kept while class information is added; 0: cross-entropy only."""
 
 
+@dataclass
+class AugmentConfig:
+    """Per-image views for MAE training (t2i_drift/data/augment.py); ``augment: null`` (the
+    default) trains on the images as they are, setting any key switches it on."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    """RandomResizedCrop area range (official: 0.2-1), resized back to the input size."""
+    hflip: bool = True
+    """Flip half of the views left-right (official: yes)."""
+
+
 def _mae_optim() -> OptimConfig:
     # MAE-style defaults: more weight decay than the generator's.
     return OptimConfig(learning_rate=1e-3, betas=[0.9, 0.95], weight_decay=0.05, warmup_steps=100)
@@ -72,6 +83,7 @@ class MAEConfig:
         )
     )
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    augment: AugmentConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +120,15 @@ def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
         ("train.checkpointing_steps", t.checkpointing_steps >= 1, "must be >= 1"),
         ("train.log_every", t.log_every >= 1, "must be >= 1"),
         ("finetune.steps", cfg.finetune.steps >= 0, "must be >= 0"),
+        (
+            "augment.crop_scale",
+            cfg.augment is None
+            or (
+                len(cfg.augment.crop_scale) == 2
+                and 0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1
+            ),
+            "must be [min, max] with 0 < min <= max <= 1",
+        ),
         ("finetune.learning_rate", cfg.finetune.learning_rate > 0, "must be > 0"),
         ("finetune.reconstruction_weight", cfg.finetune.reconstruction_weight >= 0, "must be >= 0"),
         ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),

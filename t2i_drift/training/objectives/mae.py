@@ -1,7 +1,7 @@
 """The MAE feature encoder's objective (docs/method.md section 4): masked reconstruction, then
 an optional classification fine-tune.
 
-    images [B, 3, R, R] in [-1, 1] (-> scaled VAE latents, model.vae)
+    images [B, 3, R, R] in [-1, 1] (-> crop + flip views, augment) (-> scaled VAE latents, model.vae)
     -> pretraining (steps 0 .. train.max_steps - 1): mask half the 2x2 patches, reconstruct,
        MSE on the masked cells
     -> fine-tune (the next finetune.steps, data with labels only): cross-entropy of the
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from accelerate.utils import DistributedDataParallelKwargs
 from diffusers.training_utils import EMAModel
 
+from t2i_drift.data.augment import BatchAugment
 from t2i_drift.data.source import DataSource
 from t2i_drift.models.mae_resnet import ResNetMAE
 from t2i_drift.models.vae import encode_latents, load_vae, vae_scale_factor
@@ -83,6 +84,8 @@ class MAEObjective(Objective):
                 f"data.resolution={cfg.data.resolution} must be divisible by the VAE factor {factor} x "
                 f"model.stem_patch_size * model.mask_patch_size = {cell}"
             )
+        a = cfg.augment
+        self.augment = None if a is None else BatchAugment(cfg.data.resolution, tuple(a.crop_scale), a.hflip)
         in_channels = 3 if self.vae is None else self.vae.config.latent_channels
         self.input_shape = (in_channels, cfg.data.resolution // factor)
         return build_mae(m, in_channels, cfg.data.resolution // factor, self.num_classes)
@@ -126,6 +129,8 @@ class MAEObjective(Objective):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         finetuning = step >= self.cfg.train.max_steps
         x = batch["pixel_values"]  # [B, 3, R, R] in [-1, 1]
+        if self.augment is not None:
+            x = self.augment(x, self.rng)  # per-image crop and flip, same shape
         if self.vae is not None:
             x = encode_latents(self.vae, x)  # [B, C_lat, R/f, R/f]
         with self.accelerator.autocast():
