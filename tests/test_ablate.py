@@ -34,6 +34,7 @@ def write_plan(path: Path, text: str) -> Path:
         ("config: {recipe}\ndata: shapes\nvariants: {'a b': []}", "variants.a b: names may use"),
         ("config: {recipe}\ndata: shapes\nvariants: {a: [drift.alpha_power]}", "variants.a must be a list"),
         ("config: {recipe}\ndata: shapes\nvariants: {a: []}\nsteps: 3", "unknown key(s) ['steps']"),
+        ("config: {recipe}\ndata: shapes\noverrides: [x]\nvariants: {a: []}", "overrides must be a list"),
     ],
 )
 def test_bad_plans_name_the_file_and_key(tmp_path, body, message):
@@ -111,7 +112,7 @@ def test_ablate_trains_each_variant_and_seed_then_reuses_everything(ablate, tmp_
     plan = write_plan(
         tmp_path / "plan.yaml",
         f"config: {ROOT / 'recipes/tiny_test.yaml'}\ndata: shapes\n"
-        "variants:\n  baseline: [data.name=shapes]\n  k5: [data.name=shapes, drift.alpha_power=5]\n",
+        "overrides: [data.name=shapes]\nvariants:\n  baseline: []\n  k5: [drift.alpha_power=5]\n",
     )
     out, doc = tmp_path / "out", tmp_path / "docs" / "ablation"
     argv = [
@@ -122,6 +123,7 @@ def test_ablate_trains_each_variant_and_seed_then_reuses_everything(ablate, tmp_
     runs = [
         (Path(c.train.output_dir).relative_to(out), c.train.seed, c.drift.alpha_power) for c in ablate.trained
     ]
+    assert all(c.data.name == "shapes" for c in ablate.trained)  # the shared override (default: openmoji)
     assert runs == [
         (Path("baseline/seed0"), 0, 3.0),
         (Path("baseline/seed1"), 1, 3.0),
@@ -130,7 +132,7 @@ def test_ablate_trains_each_variant_and_seed_then_reuses_everything(ablate, tmp_
     ]
     assert all(c.train.max_steps == 3 for c in ablate.trained)
     text = (tmp_path / "docs" / "ablation.md").read_text()
-    assert "| k5 | `data.name=shapes`, `drift.alpha_power=5` |" in text
+    assert "| k5 | `drift.alpha_power=5` |" in text and "(`train.seed`) and `data.name=shapes`;" in text
     assert "| k5 | 0, 1 |" in text and "+0.0 pts" in text  # the same tiny pipeline everywhere
     assert "python scripts/ablate.py --plan" in text
     capsys.readouterr()

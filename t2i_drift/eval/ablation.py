@@ -5,6 +5,7 @@ A plan is a YAML file::
 
     config: recipes/shapes_32px.yaml        # the recipe every variant starts from
     data: shapes                             # the evaluation suite (shapes or openmoji)
+    overrides: []                            # optional: dotted overrides every variant shares
     variants:                                # name -> dotted overrides (the first is the baseline)
       baseline: []
       alpha_power_5: [drift.alpha_power=5]
@@ -40,6 +41,7 @@ class Plan:
     config: Path
     data: str
     variants: dict[str, list[str]]
+    overrides: tuple[str, ...] = ()
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -50,14 +52,19 @@ def load_plan(path: str | Path) -> Plan:
     tree = yaml.safe_load(path.read_text())
     if not isinstance(tree, dict):
         raise ValueError(f"{path}: a plan is a mapping with keys config, data, variants")
-    unknown = set(tree) - {"config", "data", "variants"}
+    unknown = set(tree) - {"config", "data", "overrides", "variants"}
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; a plan has config, data, variants")
+        raise ValueError(
+            f"{path}: unknown key(s) {sorted(unknown)}; a plan has config, data, overrides, variants"
+        )
     config = Path(str(tree.get("config", "")))
     if not config.is_file():
         raise ValueError(f"{path}: config: no such recipe file: {config}")
     if tree.get("data") not in DATA:
         raise ValueError(f"{path}: data must be one of {list(DATA)}, got {tree.get('data')!r}")
+    shared = tree.get("overrides") or []
+    if not isinstance(shared, list) or not all(isinstance(o, str) and "=" in o for o in shared):
+        raise ValueError(f"{path}: overrides must be a list of 'section.key=value' strings")
     variants = tree.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise ValueError(f"{path}: variants must be a non-empty mapping of name -> list of overrides")
@@ -70,7 +77,7 @@ def load_plan(path: str | Path) -> Plan:
         if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
             raise ValueError(f"{path}: variants.{name} must be a list of 'section.key=value' strings")
         checked[str(name)] = list(overrides)
-    return Plan(path, config, str(tree["data"]), checked)
+    return Plan(path, config, str(tree["data"]), checked, tuple(shared))
 
 
 def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
@@ -78,8 +85,10 @@ def run_dir(out_dir: str | Path, variant: str, seed: int) -> Path:
 
 
 def training_overrides(plan: Plan, variant: str, seed: int, out_dir: str | Path, max_steps: int) -> list[str]:
-    """The variant's overrides, then its training seed, folder and step count (these win)."""
+    """The shared overrides, the variant's, then its training seed, folder and step count (later
+    ones win)."""
     return [
+        *plan.overrides,
         *plan.variants[variant],
         f"train.seed={seed}",
         f"train.output_dir={run_dir(out_dir, variant, seed)}",
@@ -165,13 +174,14 @@ def write_report(
     md = Path(doc).with_suffix(".md")
     md.parent.mkdir(parents=True, exist_ok=True)
     settings = next(iter(next(iter(results.values())).values()))["settings"]
+    shared = f" and {', '.join(f'`{o}`' for o in plan.overrides)}" if plan.overrides else ""
     lines = [
         f"# Ablation: {plan.path.stem} ({plan.data})",
         "",
         f"Every variant trains from `{plan.config}` for {max_steps} steps with each training seed "
-        f"(`train.seed`); only the overrides below differ. Evaluation: {settings['seeds']} images per "
-        f"caption, noise seed {settings['seed']}, guidance scale {settings['guidance_scale']}. Each cell: "
-        "the mean over training seeds, then each seed's value.",
+        f"(`train.seed`){shared}; only the overrides below differ. Evaluation: {settings['seeds']} "
+        f"images per caption, noise seed {settings['seed']}, guidance scale {settings['guidance_scale']}. "
+        "Each cell: the mean over training seeds, then each seed's value.",
         "",
         "| variant | overrides |",
         "|---|---|",
