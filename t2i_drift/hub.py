@@ -9,7 +9,8 @@ Two layouts of one exported pipeline (diffusers compatibility):
 * the **hub layout** that :func:`write_hub_layout` derives from it for uploads. ``_class_name`` is
   ``["pipeline_drifting", "DriftingPipeline"]`` (``["pipeline_flow_matching",
   "FlowMatchingPipeline"]`` for the flow-matching baseline) and the transformer entry is
-  ``["transformer_drifting", "DriftingTransformer2DModel"]``, each backed by a two-line ``.py`` file
+  ``["transformer_drifting", "DriftingTransformer2DModel"]`` (an OpenCLIP text encoder's,
+  ``["open_clip_text", "OpenCLIPTextModel"]``), each backed by a two-line ``.py`` file
   that re-exports the installed class, so ``DiffusionPipeline.from_pretrained(repo,
   trust_remote_code=True)`` (and ``DriftingPipeline.from_pretrained(repo, trust_remote_code=True)``)
   return our classes. The files import ``t2i_drift``; they run no code of their own.
@@ -116,7 +117,6 @@ OBJECTIVE_TAGS = {
     "flow_matching": ["flow-matching"],
 }
 TEXT_ENCODER_HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
-TRANSFORMER_MODULE = "transformer_drifting"
 _SHIM = """# Loaded by diffusers with trust_remote_code=True. It only re-exports the class installed with
 # t2i_drift (pip install t2i_drift), so the weights in this repository run the reviewed library code.
 from {module} import {name}  # noqa: F401
@@ -135,7 +135,6 @@ def write_hub_layout(pipeline_dir: str | Path, out_dir: str | Path) -> list[str]
         raise FileNotFoundError(f"{src} is not a pipeline folder (no model_index.json)")
     if dst.resolve() == src.resolve():
         raise ValueError("write_hub_layout needs a different output folder than the pipeline folder")
-    from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
     from t2i_drift.pipelines import PIPELINE_CLASSES
 
     index = json.loads(index_path.read_text())
@@ -151,14 +150,17 @@ def write_hub_layout(pipeline_dir: str | Path, out_dir: str | Path) -> list[str]
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     index["_class_name"] = [pipeline_module, pipeline_cls.__name__]
-    index["transformer"] = [TRANSFORMER_MODULE, DriftingTransformer2DModel.__name__]
-    (dst / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     (dst / f"{pipeline_module}.py").write_text(
         _SHIM.format(module=pipeline_cls.__module__, name=pipeline_cls.__name__)
     )
-    (dst / "transformer" / f"{TRANSFORMER_MODULE}.py").write_text(
-        _SHIM.format(module=DriftingTransformer2DModel.__module__, name=DriftingTransformer2DModel.__name__)
-    )
+    # Every component of ours (the transformer; an OpenCLIP text tower) gets a shim in its folder.
+    for component, entry in list(index.items()):
+        if isinstance(entry, list) and len(entry) == 2 and str(entry[0]).startswith("t2i_drift."):
+            module, class_name = entry
+            short = module.rsplit(".", 1)[-1]  # transformer_drifting, open_clip_text
+            index[component] = [short, class_name]
+            (dst / component / f"{short}.py").write_text(_SHIM.format(module=module, name=class_name))
+    (dst / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file())
 
 

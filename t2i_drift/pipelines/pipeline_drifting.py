@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.pipelines.text_to_image import TextToImagePipeline
+from t2i_drift.text.open_clip_text import OpenCLIPTextModel
 
 
 class DriftingPipeline(TextToImagePipeline):
@@ -40,10 +41,10 @@ class DriftingPipeline(TextToImagePipeline):
     def __init__(
         self,
         transformer: DriftingTransformer2DModel,
-        text_encoder: PreTrainedModel,
+        text_encoder: PreTrainedModel | OpenCLIPTextModel,
         tokenizer: PreTrainedTokenizerBase,
         vae: Any = None,
-        text_encoder_2: PreTrainedModel | None = None,
+        text_encoder_2: PreTrainedModel | OpenCLIPTextModel | None = None,
         tokenizer_2: PreTrainedTokenizerBase | None = None,
         max_sequence_length: int = 32,
         text_pooling: str = "auto",

@@ -1,7 +1,7 @@
 """Text conditioning: encoder adapters, the run's TextConditioner, and an on-disk embedding cache."""
 
 from t2i_drift.text.cache import TextEmbeddingCache, default_cache_dir
-from t2i_drift.text.conditioner import ENCODER_NAMES, TextConditioner
+from t2i_drift.text.conditioner import ENCODER_NAMES, TextConditioner, TextEncoderSpec
 from t2i_drift.text.encoders import (
     TextEmbeddings,
     TextEncoderSlot,
@@ -13,6 +13,7 @@ from t2i_drift.text.encoders import (
     load_text_encoder,
     resolve_text_encoder_path,
 )
+from t2i_drift.text.open_clip_text import OpenCLIPTextModel, load_open_clip_text
 
 __all__ = [
     "ENCODER_NAMES",
@@ -20,12 +21,15 @@ __all__ = [
     "TextEmbeddingCache",
     "TextEmbeddings",
     "TextEncoderSlot",
+    "TextEncoderSpec",
+    "OpenCLIPTextModel",
     "combine_embeddings",
     "default_cache_dir",
     "default_pooling",
     "encode_prompts",
     "encode_text",
     "encoder_family",
+    "load_open_clip_text",
     "load_text_encoder",
     "resolve_text_encoder_path",
 ]

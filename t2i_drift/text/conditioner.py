@@ -13,6 +13,7 @@ encoders combine, SD3/FLUX style).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,6 +23,18 @@ from t2i_drift.text.encoders import TextEmbeddings, TextEncoderSlot, encode_text
 
 # Pipeline component names of the encoders, in slot order; configs name sources by these.
 ENCODER_NAMES = ("text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """Where one encoder comes from and how it is used (the ``text.*`` keys of one encoder)."""
+
+    name_or_path: str
+    subfolder: str | None = None
+    max_length: int = 32
+    pooling: str = "auto"
+    pretrained: str | None = None  # open_clip encoders only
+    layer: str = "last"  # open_clip encoders only
 
 
 class TextConditioner:
@@ -57,15 +70,17 @@ class TextConditioner:
     @classmethod
     def load(
         cls,
-        encoders: Sequence[tuple[str, str | None, int, str]],
+        encoders: Sequence[TextEncoderSpec],
         token_sources: Sequence[str] = ("text_encoder",),
         pooled_sources: Sequence[str] = ("text_encoder",),
     ) -> TextConditioner:
-        """Load encoders given as ``(name_or_path, subfolder, max_length, pooling)`` tuples."""
+        """Load the encoders of ``encoders``, in ENCODER_NAMES order."""
         slots = []
-        for name, subfolder, max_length, pooling in encoders:
-            tokenizer, model = load_text_encoder(name, subfolder=subfolder)
-            slots.append(TextEncoderSlot(model, tokenizer, max_length, pooling))
+        for spec in encoders:
+            tokenizer, model = load_text_encoder(
+                spec.name_or_path, subfolder=spec.subfolder, pretrained=spec.pretrained, layer=spec.layer
+            )
+            slots.append(TextEncoderSlot(model, tokenizer, spec.max_length, spec.pooling))
         return cls(slots, token_sources, pooled_sources)
 
     # ------------------------------------------------------------------------------------------

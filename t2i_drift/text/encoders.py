@@ -11,6 +11,8 @@ Encoder families (detected from the model class, see :func:`encoder_family`):
     clip      ``CLIPTextModel``; pooled: the EOS token state (``pooler_output``)
     clip_proj ``CLIPTextModelWithProjection``; pooled: the projected ``text_embeds``
     t5        ``T5EncoderModel`` (also for T5 / mT5 / UMT5 checkpoints); pooled: masked mean
+    open_clip ``OpenCLIPTextModel`` (``open_clip:<model>``, text/open_clip_text.py); pooled: the
+              projected end-of-text embedding, as open_clip's ``encode_text``
 
 Several encoders combine as SD3 and FLUX do (:func:`encode_text`): the token embeddings of the
 ``token_sources`` are concatenated along the sequence (channels zero-padded to the widest), and the
@@ -29,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from t2i_drift.text.open_clip_text import OPEN_CLIP_PREFIX, OpenCLIPTextModel, load_open_clip_text
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +95,7 @@ class TextEmbeddings:
 class TextEncoderSlot:
     """One frozen encoder with its tokenizer and settings."""
 
-    model: PreTrainedModel
+    model: PreTrainedModel | OpenCLIPTextModel
     tokenizer: PreTrainedTokenizerBase
     max_length: int
     pooling: PoolingMode = "auto"
@@ -107,8 +111,10 @@ def resolve_text_encoder_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def encoder_family(model: PreTrainedModel) -> str:
-    """``clip_proj``, ``clip``, ``t5`` or ``bert`` (any other transformers encoder)."""
+def encoder_family(model: PreTrainedModel | OpenCLIPTextModel) -> str:
+    """``open_clip``, ``clip_proj``, ``clip``, ``t5`` or ``bert`` (any other transformers encoder)."""
+    if isinstance(model, OpenCLIPTextModel):
+        return "open_clip"
     if isinstance(model, transformers.CLIPTextModelWithProjection):
         return "clip_proj"
     if isinstance(model, transformers.CLIPTextModel):
@@ -120,7 +126,7 @@ def encoder_family(model: PreTrainedModel) -> str:
 
 def default_pooling(model: PreTrainedModel) -> str:
     """The pooling each family is trained for: CLIP's own pooled output, else the masked mean."""
-    return "pooler" if encoder_family(model) in ("clip", "clip_proj") else "mean"
+    return "pooler" if encoder_family(model) in ("clip", "clip_proj", "open_clip") else "mean"
 
 
 def _model_class(path: str, subfolder: str | None) -> type:
@@ -143,14 +149,26 @@ def load_text_encoder(
     dtype: torch.dtype = torch.float32,
     subfolder: str | None = None,
     tokenizer_subfolder: str | None = None,
-) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Load (tokenizer, encoder) frozen, in eval mode, from a hub id, a local folder or ``minilm``.
+    pretrained: str | None = None,
+    layer: str = "last",
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel | OpenCLIPTextModel]:
+    """Load (tokenizer, encoder) frozen, in eval mode, from a hub id, a local folder, ``minilm``
+    or ``open_clip:<model>``.
 
     Args:
         subfolder: the encoder's folder inside a pipeline repository (e.g. ``text_encoder_2``).
         tokenizer_subfolder: the tokenizer's folder (default: ``subfolder`` with ``text_encoder``
             replaced by ``tokenizer``).
+        pretrained, layer: an open_clip model's weights and token-state layer
+            (text/open_clip_text.py); other encoders take neither.
     """
+    if name_or_path.startswith(OPEN_CLIP_PREFIX):
+        tokenizer, model = load_open_clip_text(name_or_path[len(OPEN_CLIP_PREFIX) :], pretrained, layer)
+        return tokenizer, model if dtype == torch.float32 else model.to(dtype)
+    if pretrained is not None or layer != "last":
+        raise ValueError(
+            f"text encoder {name_or_path!r}: pretrained and layer apply to open_clip:<model> encoders only"
+        )
     path = resolve_text_encoder_path(name_or_path)
     if subfolder and tokenizer_subfolder is None:
         tokenizer_subfolder = subfolder.replace("text_encoder", "tokenizer")
@@ -207,14 +225,22 @@ def encode_prompts(
     if pooling == "auto":
         pooling = default_pooling(text_encoder)
     device = device if device is not None else text_encoder.device
+    tokenize_length = max_length
+    if isinstance(text_encoder, OpenCLIPTextModel):
+        prompts = text_encoder.clean_prompts(prompts)
+        # The pooled output reads the whole context, as in open_clip; only the token states are
+        # cut to max_length below.
+        tokenize_length = max(max_length, text_encoder.context_length)
     tokens = tokenizer(
-        prompts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+        prompts, padding="longest", truncation=True, max_length=tokenize_length, return_tensors="pt"
     )
     _warn_truncated(tokenizer, prompts, max_length)
     input_ids = tokens["input_ids"].to(device)
     mask = tokens["attention_mask"].to(device)
     out = text_encoder(input_ids=input_ids, attention_mask=mask)
-    hidden = out.last_hidden_state.float() * mask.unsqueeze(-1)  # zero at padding
+    hidden = out.last_hidden_state.float()[:, :max_length]
+    mask = mask[:, :max_length]
+    hidden = hidden * mask.unsqueeze(-1)  # zero at padding
     if pooling == "mean":
         pooled = hidden.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         pooled = F.normalize(pooled, dim=-1)

@@ -24,7 +24,7 @@ from t2i_drift.models.feature_encoders import (
 from t2i_drift.models.hub_features import HubVisionFeatures
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.models.vae import vae_scale_factor
-from t2i_drift.text.conditioner import TextConditioner
+from t2i_drift.text.conditioner import TextConditioner, TextEncoderSpec
 from t2i_drift.training.config import (
     FEATURE_ENCODERS,
     DataConfig,
@@ -136,9 +136,22 @@ def build_transformer(
 
 def build_text_conditioner(text: TextConfig) -> TextConditioner:
     """The configured frozen text encoder(s) and how they combine."""
-    encoders = [(text.encoder, text.subfolder, text.max_length, text.pooling)]
+    encoders = [
+        TextEncoderSpec(
+            text.encoder, text.subfolder, text.max_length, text.pooling, text.pretrained, text.layer
+        )
+    ]
     if text.encoder_2 is not None:
-        encoders.append((text.encoder_2, text.subfolder_2, text.max_length_2, text.pooling_2))
+        encoders.append(
+            TextEncoderSpec(
+                text.encoder_2,
+                text.subfolder_2,
+                text.max_length_2,
+                text.pooling_2,
+                text.pretrained_2,
+                text.layer_2,
+            )
+        )
     return TextConditioner.load(encoders, text.token_sources, text.pooled_sources)
 
 

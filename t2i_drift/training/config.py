@@ -83,23 +83,34 @@ class ModelConfig:
 
 TextEncoderName = Literal["text_encoder", "text_encoder_2"]
 PoolingName = Literal["auto", "mean", "cls", "pooler"]
+TextLayerName = Literal["last", "penultimate"]
 
 
 @dataclass
 class TextConfig:
     encoder: str = "minilm"
-    """``minilm`` (offline, built in) or a hub id / local folder of a transformers text encoder
-    (BERT-like, CLIP, CLIP with projection, T5): the pipeline's ``text_encoder``."""
+    """``minilm`` (offline, built in), a hub id / local folder of a transformers text encoder
+    (BERT-like, CLIP, CLIP with projection, T5), or ``open_clip:<model>`` (``open_clip:ViT-H-14``,
+    ``open_clip:hf-hub:<id>``): the pipeline's ``text_encoder``."""
     subfolder: str | None = None
     """The encoder's folder inside a pipeline repository, e.g. ``text_encoder``."""
     max_length: int = 32
     pooling: PoolingName = "auto"
-    """``auto``: CLIP's pooled output for CLIP, the L2-normalized masked mean otherwise."""
+    """``auto``: the pooled output for CLIP and open_clip, the L2-normalized masked mean otherwise."""
+    pretrained: str | None = None
+    """open_clip encoders only: a pretrained tag (``laion2b_s32b_b79k``), a local checkpoint file,
+    or ``none`` (random weights); unset for ``hf-hub:`` / ``local-dir:`` models (their own weights)."""
+    layer: TextLayerName = "last"
+    """open_clip encoders only: token states after the final LayerNorm, or the raw output of the
+    second-to-last block (``penultimate``, as SDXL conditions on it)."""
     encoder_2: str | None = None
-    """An optional second encoder (``text_encoder_2``), e.g. CLIP next to a T5."""
+    """An optional second encoder (``text_encoder_2``), e.g. CLIP next to a T5, or an open_clip
+    bigG next to CLIP-L as in SDXL."""
     subfolder_2: str | None = None
     max_length_2: int = 77
     pooling_2: PoolingName = "auto"
+    pretrained_2: str | None = None
+    layer_2: TextLayerName = "last"
     token_sources: list[TextEncoderName] = field(default_factory=lambda: ["text_encoder"])
     """Encoders whose token embeddings condition the generator (concatenated along the sequence)."""
     pooled_sources: list[TextEncoderName] = field(default_factory=lambda: ["text_encoder"])
@@ -362,12 +373,34 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "names text_encoder_2 but text.encoder_2 is not set",
         ),
         ("text.token_sources", len(cfg.text.token_sources) > 0, "must name at least one encoder"),
+        *_open_clip_checks(cfg.text),
         ("text.pooled_sources", len(cfg.text.pooled_sources) > 0, "must name at least one encoder"),
     ]
     for name in FEATURE_ENCODERS:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
     check_ranges(cfg, source, checks)
+
+
+def _open_clip_checks(text: TextConfig) -> list[tuple[str, bool, str]]:
+    """``pretrained`` and ``layer`` mean something for open_clip encoders only."""
+    checks = []
+    for suffix, encoder, pretrained, layer in (
+        ("", text.encoder, text.pretrained, text.layer),
+        ("_2", text.encoder_2, text.pretrained_2, text.layer_2),
+    ):
+        is_open_clip = encoder is not None and encoder.startswith("open_clip:")
+        checks.append(
+            (
+                f"text.pretrained{suffix}",
+                is_open_clip or pretrained is None,
+                "applies to open_clip: encoders only",
+            )
+        )
+        checks.append(
+            (f"text.layer{suffix}", is_open_clip or layer == "last", "applies to open_clip: encoders only")
+        )
+    return checks
 
 
 def _feature_option_checks(f: FeaturesConfig) -> list[tuple[str, bool, str]]:
