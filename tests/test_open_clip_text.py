@@ -15,7 +15,15 @@ from safetensors.torch import save_file
 
 from t2i_drift import DriftingPipeline
 from t2i_drift.hub import write_hub_layout
-from t2i_drift.text import OpenCLIPTextModel, encode_prompts, load_text_encoder
+from t2i_drift.text import (
+    OpenCLIPTextModel,
+    TextConditioner,
+    TextEmbeddingCache,
+    TextEncoderSlot,
+    encode_prompts,
+    load_text_encoder,
+)
+from t2i_drift.text.cache import encoder_key
 from t2i_drift.training.config import ConfigError, load_config
 
 TINY = "t2i-drift-tiny-openclip"
@@ -84,6 +92,25 @@ def test_last_and_penultimate_token_states(tiny):
         with torch.no_grad():
             got = encoder(ids[:, :10]).last_hidden_state
         torch.testing.assert_close(got, expected[:, :10], rtol=0, atol=1e-5)
+
+
+def test_caption_cache_keys_the_tower_by_weights_and_layer(tiny, tmp_path):
+    _, ckpt = tiny
+    conditioners = {}
+    for name, pretrained, layer in (
+        ("ckpt", ckpt, "last"),
+        ("pen", ckpt, "penultimate"),
+        ("rand", "none", "last"),
+    ):
+        tokenizer, encoder = load_text_encoder(f"open_clip:{TINY}", pretrained=pretrained, layer=layer)
+        conditioners[name] = TextConditioner([TextEncoderSlot(encoder, tokenizer, 16)])
+    keys = {name: encoder_key(c) for name, c in conditioners.items()}
+    assert len(set(keys.values())) == 3
+    cache = TextEmbeddingCache(tmp_path, conditioners["pen"])
+    first, encoded = cache.get(PROMPTS[:3], progress=False)
+    again, encoded_again = TextEmbeddingCache(tmp_path, conditioners["pen"]).get(PROMPTS[:3], progress=False)
+    assert (encoded, encoded_again) == (3, 0) and torch.equal(first.embeds, again.embeds)
+    torch.testing.assert_close(first.pooled, conditioners["pen"].encode(PROMPTS[:3]).pooled)
 
 
 def test_errors_name_the_model_and_the_key(tiny, tmp_path):
