@@ -65,6 +65,8 @@ def render_model_card(
         "flow_matching": f"num_inference_steps={config.get('objective', {}).get('num_inference_steps', 25)},",
     }[objective]
     text_encoder = TEXT_ENCODER_HUB_IDS.get(text["encoder"], text["encoder"])
+    if text_encoder.startswith("open_clip:"):  # the model name alone does not say which weights
+        text_encoder += f" ({text.get('pretrained') or 'its own checkpoint'})"
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="text-to-image",

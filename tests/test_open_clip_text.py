@@ -170,6 +170,8 @@ def test_training_exports_and_a_fresh_process_reloads(tiny, tmp_path, overrides,
     ]
     pipe = DriftingPipeline.from_pretrained(pipe_dir)
     assert isinstance(getattr(pipe, open_clip_component), OpenCLIPTextModel)
+    if open_clip_component == "text_encoder":  # the card names the tower and its weights
+        assert f"text_encoder: open_clip:{TINY} (none)" in (Path(pipe_dir) / "README.md").read_text()
     expected = pipe(
         "a red circle", num_images_per_prompt=2, output_type="np", generator=torch.Generator().manual_seed(0)
     ).images
