@@ -28,6 +28,7 @@ import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from t2i_drift.data.openmoji import OPENMOJI_ATTRIBUTION
+from t2i_drift.text.open_clip_text import OPEN_CLIP_PREFIX
 
 # The template lives in the repository's model_cards/ (the package is installed editable, `pip install -e .`).
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "drifting_pipeline.md"
@@ -65,7 +66,7 @@ def render_model_card(
         "flow_matching": f"num_inference_steps={config.get('objective', {}).get('num_inference_steps', 25)},",
     }[objective]
     text_encoder = TEXT_ENCODER_HUB_IDS.get(text["encoder"], text["encoder"])
-    if text_encoder.startswith("open_clip:"):  # the model name alone does not say which weights
+    if text_encoder.startswith(OPEN_CLIP_PREFIX):  # the model name alone does not say which weights
         text_encoder += f" ({text.get('pretrained') or 'its own checkpoint'})"
     card_data = ModelCardData(
         library_name="diffusers",

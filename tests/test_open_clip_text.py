@@ -76,6 +76,14 @@ def test_pooled_output_and_token_ids_equal_open_clip(tiny):
     assert emb.embeds.shape == (len(PROMPTS), 16, 32)
     assert emb.mask[0].tolist() == [1] * 7 + [0] * 9  # <start> a photo of a cat <end>
     assert emb.mask[-1].sum() == 16 and torch.all(emb.embeds[0, 7:] == 0)
+    # max_length beyond the 77-token context, and a 92-token prompt: truncated to the context as
+    # open_clip truncates, the states zero-padded to max_length.
+    long = [*PROMPTS, "word " * 90]
+    wide = encode_prompts(encoder, tokenizer, long, max_length=100)
+    assert wide.embeds.shape[1] == 100 and wide.mask[:, 77:].sum() == 0 and wide.mask[-1].sum() == 77
+    with torch.no_grad():
+        expected_long = model.encode_text(open_clip.get_tokenizer(TINY)(long))
+    torch.testing.assert_close(wide.pooled, expected_long, rtol=0, atol=1e-5)
 
 
 def test_last_and_penultimate_token_states(tiny):

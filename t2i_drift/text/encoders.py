@@ -229,8 +229,8 @@ def encode_prompts(
     if isinstance(text_encoder, OpenCLIPTextModel):
         prompts = text_encoder.clean_prompts(prompts)
         # The pooled output reads the whole context, as in open_clip; only the token states are
-        # cut to max_length below.
-        tokenize_length = max(max_length, text_encoder.context_length)
+        # cut to max_length below (and zero-padded when max_length exceeds the context).
+        tokenize_length = text_encoder.context_length
     tokens = tokenizer(
         prompts, padding="longest", truncation=True, max_length=tokenize_length, return_tensors="pt"
     )

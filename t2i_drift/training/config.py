@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t2i_drift.models.transformer_drifting import TextAttention
+from t2i_drift.text.open_clip_text import OPEN_CLIP_PREFIX
 from t2i_drift.training.strict_config import (
     ConfigError,
     apply_overrides,
@@ -389,7 +390,7 @@ def _open_clip_checks(text: TextConfig) -> list[tuple[str, bool, str]]:
         ("", text.encoder, text.pretrained, text.layer),
         ("_2", text.encoder_2, text.pretrained_2, text.layer_2),
     ):
-        is_open_clip = encoder is not None and encoder.startswith("open_clip:")
+        is_open_clip = encoder is not None and encoder.startswith(OPEN_CLIP_PREFIX)
         checks.append(
             (
                 f"text.pretrained{suffix}",
