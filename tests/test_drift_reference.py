@@ -112,24 +112,39 @@ def test_loss_and_stats_match_reference():
         _close(stats[name], value, name, rtol=1e-4, atol=1e-9)
 
 
-def test_text_to_image_loss_matches_reference():
-    """group = prompt x location; the unconditional set is every prompt's real image at that
+@pytest.mark.parametrize("positives", [1, 3])
+def test_text_to_image_loss_matches_reference(positives):
+    """group = prompt x location; its positives are the prompt's paired image then its P - 1 extra
+    positives at that location; the unconditional set is every prompt's paired image at that
     location, minus those with the same caption, weighted w_cfg (docs/method.md sections 5, 7)."""
     g = torch.Generator().manual_seed(5)
     B, G = 4, 3
     shapes = {"loc": (4, 6), "mean": (1, 6), "raw": (1, 20)}
     gen = {k: torch.randn(B * G, L, D, generator=g) for k, (L, D) in shapes.items()}
     real = {k: torch.randn(B, L, D, generator=g) for k, (L, D) in shapes.items()}
+    extra = None
+    if positives > 1:
+        extra = {k: torch.randn(B, positives - 1, L, D, generator=g) + 0.2 for k, (L, D) in shapes.items()}
     alpha = torch.tensor([1.0, 1.5, 2.0, 3.5])
     ids = torch.tensor([0, 1, 0, 2])
     options = DriftOptions(temperatures=(0.05, 0.2), normalize=False, chunk_groups=3)  # normalize is forced
-    loss, stats = text_to_image_drift_loss(gen, real, G, alpha, ids, options, key_weights={"raw": 0.5})
+    loss, stats = text_to_image_drift_loss(
+        gen, real, G, alpha, ids, options, key_weights={"raw": 0.5}, extra_positives=extra
+    )
 
     valid = uncond_mask(ids)
     w_cfg = guidance_weight(alpha, G, valid.sum(1))
     keys = {}
     for k, (L, _) in shapes.items():
-        gen_groups, pos_groups, bank, index = group_by_prompt(gen[k], real[k], G)
+        gen_groups, _, bank, index = group_by_prompt(gen[k], real[k], G)
+        pos_groups = torch.stack(  # written out group by group: row 0 the paired image
+            [
+                torch.cat([real[k][b, loc : loc + 1]] + ([] if extra is None else [extra[k][b, :, loc]]))
+                for b in range(B)
+                for loc in range(L)
+            ]
+        )
+        assert pos_groups.shape[1] == positives
         neg = bank[index]  # [B*L, B, D]: the per-group copy the fast path never builds
         keys[k] = DriftGroups(
             gen_groups, pos_groups, neg, w_cfg.repeat_interleave(L)[:, None], valid.repeat_interleave(L, 0)
@@ -141,6 +156,12 @@ def test_text_to_image_loss_matches_reference():
     assert list(stats) == list(ref_stats)
     for name, value in ref_stats.items():
         _close(stats[name], value, name, rtol=1e-4, atol=1e-9)
+
+
+def test_extra_positives_of_the_wrong_shape_name_the_layout():
+    gen, real = torch.randn(6, 2, 5), torch.randn(3, 2, 5)
+    with pytest.raises(ValueError, match=r"extra positives must be \[B, P-1, L, D\]"):
+        group_by_prompt(gen, real, 2, torch.randn(3, 2, 5))
 
 
 @pytest.mark.parametrize("normalize", [False, True])

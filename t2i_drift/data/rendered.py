@@ -13,8 +13,9 @@ class RenderedImageCaptionDataset(Dataset):
     """Base class: subclasses fill ``images`` [N, R, R, 3] uint8 and ``captions`` (N strings).
 
     Items, the same keys a streamed batch has (data/streaming.py):
-        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "caption_id": int}``;
-        ``caption_id`` is :func:`caption_hash` (equal captions, equal ids).
+        ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "caption_id": int,
+        "index": int}``; ``caption_id`` is :func:`caption_hash` (equal captions, equal ids) and
+        ``index`` the item's position (a caption-keyed bank skips the paired image by it).
     """
 
     images: torch.Tensor
@@ -30,4 +31,4 @@ class RenderedImageCaptionDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         pixels = self.images[idx].permute(2, 0, 1).float() / 127.5 - 1.0  # [3, R, R] in [-1, 1]
         caption = self.captions[idx]
-        return {"pixel_values": pixels, "caption": caption, "caption_id": caption_hash(caption)}
+        return {"pixel_values": pixels, "caption": caption, "caption_id": caption_hash(caption), "index": idx}

@@ -240,6 +240,17 @@ class DriftConfig:
     result does not depend on it (t2i_drift/drifting/chunking.py); null evaluates in one chunk."""
     compile: bool = False
     """Run the field's coefficient kernel through ``torch.compile``."""
+    positives_per_prompt: int = 1
+    """P positives per prompt (docs/method.md section 7): the paired image plus P - 1 more, drawn
+    as ``positives_from`` says. 1 is the paired image alone."""
+    positives_from: Literal["caption", "augment"] = "caption"
+    """Where the P - 1 extra positives come from. ``caption``: other images of the prompt's caption
+    (a caption-keyed bank over an in-memory data set, the paper's per-class bank; a caption with
+    fewer than P images repeats them). ``augment``: random crops (and flips) of the paired image."""
+    positive_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    """Area fraction (min, max) of the crops of ``positives_from: augment``."""
+    positive_hflip: bool = False
+    """Flip half of the augmented positives left-right (off: a flip changes left/right captions)."""
 
 
 @dataclass
@@ -325,6 +336,12 @@ def validate_config(cfg: Config, source: str = "config") -> None:
     d = cfg.drift
     checks = [
         ("drift.samples_per_prompt", d.samples_per_prompt >= 2, "must be >= 2 (the drift needs negatives)"),
+        ("drift.positives_per_prompt", d.positives_per_prompt >= 1, "must be >= 1"),
+        (
+            "drift.positive_crop_scale",
+            len(d.positive_crop_scale) == 2 and 0 < d.positive_crop_scale[0] <= d.positive_crop_scale[1] <= 1,
+            "must be [min, max] with 0 < min <= max <= 1",
+        ),
         (
             "drift.temperatures",
             len(d.temperatures) > 0 and all(t > 0 for t in d.temperatures),

@@ -3,6 +3,7 @@
 batch -> positives [B, C, H, W] (pixels, or VAE latents) + text conditioning
 -> per prompt: G noises, G style draws, one alpha
 -> generator forward [B*G, C, H, W] -> frozen features (generated with grad, real without)
+   (+ the P - 1 extra positives of each prompt, drift.positives_per_prompt: training/positives.py)
 -> text_to_image_drift_loss (group = prompt x location, in-batch unconditional negatives)
 """
 
@@ -13,8 +14,10 @@ from typing import Any
 import torch
 
 from t2i_drift.drifting import DriftOptions, sample_alpha, text_to_image_drift_loss
+from t2i_drift.models.vae import encode_latents
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
+from t2i_drift.training.positives import ExtraPositives
 
 
 class DriftingObjective(TextToImageObjective):
@@ -35,6 +38,7 @@ class DriftingObjective(TextToImageObjective):
             compile=cfg.drift.compile,
         )
         self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
+        self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution)
 
     def cached_features(self) -> tuple[Any, torch.nn.Module]:
         return self.cfg.features, self.features
@@ -45,10 +49,26 @@ class DriftingObjective(TextToImageObjective):
 
     def describe(self, model: torch.nn.Module) -> str:
         n_params = sum(p.numel() for p in model.parameters())
+        drift = self.cfg.drift
+        positives = ""
+        if drift.positives_per_prompt > 1:
+            positives = f" and {drift.positives_per_prompt} positives ({drift.positives_from})"
         return (
             f"generator {n_params / 1e6:.2f}M params | {self.cfg.train.batch_size} prompts x "
-            f"{self.cfg.drift.samples_per_prompt} samples per step per process"
+            f"{drift.samples_per_prompt} samples{positives} per step per process"
         )
+
+    def extra_positive_features(self, batch: dict, B: int) -> dict[str, torch.Tensor] | None:
+        """key -> [B, P-1, L, D] features of the extra positives (no grad), or None when P = 1."""
+        pixels = self.extra_positives(batch, self.rng)  # [B, P-1, 3, R, R] or None
+        if pixels is None:
+            return None
+        with torch.no_grad():
+            images = pixels.to(self.accelerator.device).flatten(0, 1)  # [B*(P-1), 3, R, R]
+            if self.vae is not None:
+                images = encode_latents(self.vae, images)  # [B*(P-1), C, R/f, R/f]
+            features = self.features(images)  # key -> [B*(P-1), L, D]
+        return {k: v.view(B, -1, *v.shape[1:]) for k, v in features.items()}
 
     def loss(
         self, model: torch.nn.Module, batch: dict, step: int
@@ -83,6 +103,7 @@ class DriftingObjective(TextToImageObjective):
                     f"cached positive features have keys {sorted(real_features)} but the feature "
                     f"encoder produces {sorted(gen_features)}"
                 )
+            extra_features = self.extra_positive_features(batch, B)
         if self.key_weights is None:
             self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
         loss, stats = text_to_image_drift_loss(
@@ -93,6 +114,7 @@ class DriftingObjective(TextToImageObjective):
             inputs.caption_ids,
             self.options,
             key_weights=self.key_weights,
+            extra_positives=extra_features,
         )
         stats["alpha_mean"] = alpha.mean()
         return loss, stats

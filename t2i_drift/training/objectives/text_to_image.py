@@ -39,7 +39,7 @@ class TextToImageObjective(Objective):
 
     def build(self, accelerator: Any, source: DataSource, rng: torch.Generator) -> DriftingTransformer2DModel:
         cfg = self.cfg
-        self.accelerator, self.rng = accelerator, rng
+        self.accelerator, self.rng, self.source = accelerator, rng, source
         device = accelerator.device
         self.conditioner = build_text_conditioner(cfg.text).to(device)
         if source.captions is not None:  # encode every caption once (the main process fills the cache)

@@ -1,0 +1,120 @@
+"""More than one positive per prompt: the caption-keyed bank, augmented views, the training wiring."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i_drift.data.caption_bank import CaptionBank
+from t2i_drift.data.rendered import RenderedImageCaptionDataset
+from t2i_drift.data.source import InMemorySource, StreamSource
+from t2i_drift.data.splits import caption_hash
+from t2i_drift.training.config import ConfigError, DriftConfig, load_config
+from t2i_drift.training.positives import ExtraPositives
+from t2i_drift.training.runs import train_t2i
+
+RECIPE = Path(__file__).parent.parent / "recipes" / "tiny_test.yaml"
+
+
+class _Set(RenderedImageCaptionDataset):
+    """Image i is filled with the value i, so a drawn image names its dataset position."""
+
+    def __init__(self, captions: list[str]) -> None:
+        self.captions = captions
+        values = torch.arange(len(captions), dtype=torch.uint8)
+        self.images = values.view(-1, 1, 1, 1).expand(-1, 4, 4, 3).clone()  # [N, 4, 4, 3]
+
+
+CAPTIONS = ["a", "b", "a", "c", "a", "b", "a"]  # a: 0 2 4 6, b: 1 5, c: 3 alone
+
+
+def _drawn(bank: CaptionBank, indices: list[int], count: int, seed: int = 0) -> torch.Tensor:
+    ids = torch.tensor([caption_hash(CAPTIONS[i]) for i in indices])
+    pixels = bank.draw(ids, torch.tensor(indices), count, torch.Generator().manual_seed(seed))
+    assert pixels.shape == (len(indices), count, 3, 4, 4)
+    return ((pixels[:, :, 0, 0, 0] + 1) * 127.5).round().long()  # [B, count] dataset positions
+
+
+def test_caption_bank_draws_other_images_of_the_caption_without_replacement():
+    bank = CaptionBank(_Set(CAPTIONS))
+    assert sorted(bank.images_per_caption().tolist()) == [1, 2, 4]
+    picks = _drawn(bank, [0, 2, 1], count=3)
+    assert sorted(picks[0].tolist()) == [2, 4, 6]  # every other "a" once, never the paired image 0
+    assert sorted(picks[1].tolist()) == [0, 4, 6]
+    assert picks[2].tolist() == [5, 5, 5]  # "b" has one other image: repeated
+    assert torch.equal(picks, _drawn(bank, [0, 2, 1], count=3))  # seeded: the same draw
+    assert any(not torch.equal(picks, _drawn(bank, [0, 2, 1], count=3, seed=s)) for s in range(1, 5))
+
+
+def test_caption_bank_repeats_a_short_pool_and_a_lone_image():
+    bank = CaptionBank(_Set(CAPTIONS))
+    picks = _drawn(bank, [4, 3], count=5)
+    first = picks[0].tolist()
+    assert sorted(set(first)) == [0, 2, 6] and max(first.count(i) for i in (0, 2, 6)) == 2
+    assert picks[1].tolist() == [3] * 5  # "c" has only its paired image
+
+
+def test_caption_bank_refuses_an_unknown_caption():
+    with pytest.raises(KeyError, match="not in the caption bank"):
+        CaptionBank(_Set(CAPTIONS)).draw(torch.tensor([12345]), torch.tensor([0]), 1, torch.Generator())
+
+
+def test_extra_positives_by_augmentation_are_seeded_views_of_the_paired_image():
+    drift = DriftConfig(positives_per_prompt=3, positives_from="augment", positive_crop_scale=[0.5, 0.9])
+    source = InMemorySource(_Set(CAPTIONS), batch_size=2)
+    extra = ExtraPositives(drift, source, resolution=8)
+    pixels = torch.rand(2, 3, 8, 8) * 2 - 1
+    views = extra({"pixel_values": pixels}, torch.Generator().manual_seed(0))
+    assert views.shape == (2, 2, 3, 8, 8)
+    assert torch.equal(views, extra({"pixel_values": pixels}, torch.Generator().manual_seed(0)))
+    assert not torch.equal(views[0, 0], pixels[0])  # a crop of at most 90% of the area
+    one = ExtraPositives(DriftConfig(), source, resolution=8)  # P = 1: nothing to draw
+    assert one({"pixel_values": pixels}, torch.Generator()) is None
+
+
+def test_caption_positives_refuse_a_stream_by_name():
+    source = StreamSource.__new__(StreamSource)
+    source.name = "data.path='shards/{0..9}.tar'"
+    with pytest.raises(ValueError, match=r"drift.positives_from='caption'.*shards/\{0..9\}.tar.*augment"):
+        ExtraPositives(DriftConfig(positives_per_prompt=2), source, resolution=8)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("drift.positives_per_prompt=0", "drift.positives_per_prompt"),
+        ("drift.positive_crop_scale=[0.9, 0.5]", "drift.positive_crop_scale"),
+        ("drift.positives_from=neighbours", "drift.positives_from"),
+    ],
+)
+def test_positive_options_are_checked_when_the_config_loads(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(RECIPE, [override])
+
+
+@pytest.mark.parametrize("mode", ["caption", "augment"])
+def test_training_with_extra_positives_feeds_them_to_the_drift(tmp_path, mode, monkeypatch):
+    """Two steps of the smoke recipe with 3 positives per prompt: every step draws 2 more images
+    per prompt, and each key's groups reach the drift with 3 positives."""
+    import t2i_drift.training.objectives.drifting as drifting_objective
+
+    drawn, positives = [], []
+    original_draw, original_loss = ExtraPositives.__call__, drifting_objective.text_to_image_drift_loss
+
+    def draw(self, batch, generator):
+        pixels = original_draw(self, batch, generator)
+        drawn.append(tuple(pixels.shape))
+        return pixels
+
+    def loss(*args, extra_positives=None, **kwargs):
+        positives.append({k: v.shape[1] + 1 for k, v in extra_positives.items()})
+        return original_loss(*args, extra_positives=extra_positives, **kwargs)
+
+    monkeypatch.setattr(ExtraPositives, "__call__", draw)
+    monkeypatch.setattr(drifting_objective, "text_to_image_drift_loss", loss)
+    overrides = [f"train.output_dir={tmp_path}", "drift.positives_per_prompt=3"]
+    overrides.append(f"drift.positives_from={mode}")
+    train_t2i(load_config(RECIPE, overrides))
+    assert drawn == [(8, 2, 3, 16, 16)] * 2  # train.batch_size 8, resolution 16
+    assert len(positives) == 2 and all(set(p.values()) == {3} for p in positives)
+    assert (tmp_path / "pipeline" / "model_index.json").is_file()
