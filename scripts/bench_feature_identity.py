@@ -1,30 +1,38 @@
 #!/usr/bin/env python
-"""Does a feature space pull pixels toward the paired image? A free-pixel probe.
+"""The free-pixel identity probe (t2i_drift/eval/identity_probe.py): does a feature space pull
+samples toward their own image? Run it on any feature space before training with it.
 
-For 16 real images (32x32; OpenMoji, or the shapes set with ``--data shapes``), optimize free
-pixel tensors (G per image, no generator) with Adam for N steps under a loss built from one
-feature space, and print the pixel MSE to the paired image ("own") and to another image
-("other", the baseline a useless loss stays near), and how hard the loss pushes the pixels at
-the start (grad0: RMS of its gradient). Losses:
-    drift:   the t2i drifting loss (docs/method.md sections 3 and 7: group = image, one positive)
-    feat-mse: plain feature matching, sum over keys of mean((f(x) - f(y))^2) / var(f(y))
+A recipe's feature space, exactly as training builds it (its data, its VAE for latent runs):
 
-    python scripts/bench_feature_identity.py [--steps 200] [--spaces raw effnet32 effnet128]
-    python scripts/bench_feature_identity.py --data shapes --mae outputs/mae_shapes/mae \
-        --spaces raw effnet32 mae mae+raw
+    python scripts/bench_feature_identity.py --config recipes/shapes_32px_mae.yaml [key=value ...]
 
-A space whose own-MSE does not fall well below other-MSE cannot, by itself, teach a generator the
-caption -> image mapping; docs/results.md reports the numbers.
+or named spaces on 32 px images of a built-in set:
+
+    python scripts/bench_feature_identity.py [--data shapes] [--spaces raw effnet32 effnet128]
+    python scripts/bench_feature_identity.py --data shapes --mae outputs/mae_shapes/mae --spaces mae mae+raw
+
+For each space and loss (drift, feat-mse) it prints the mean squared distance of the free samples
+to their own image and to another image at 5 steps, the RMS of the loss's gradient at the start
+(how hard the space pushes), and PASS when the own distance ends at most half the other one and
+at most half where it started. ``--require-pass`` exits 1 when a drift row fails (a check to run
+before a long training run).
 """
 
+from __future__ import annotations
+
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
-from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
+from t2i_drift.eval.identity_probe import PASS_RATIO, identity_probe
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
+from t2i_drift.models.vae import encode_latents, load_vae
+from t2i_drift.training.builders import build_feature_encoder, build_in_memory_dataset
+from t2i_drift.training.config import ConfigError, load_config
 
 SPACES = {
     "raw": lambda mae: RawFeatures(),
@@ -35,74 +43,97 @@ SPACES = {
 }
 
 
-def probe(
-    space: str, loss_kind: str, steps: int, samples: int, lr: float, data_name: str = "openmoji", mae=None
-) -> tuple[list[tuple[int, float, float]], float]:
-    torch.manual_seed(0)
-    if data_name == "shapes":
-        data = ShapesDataset("train", resolution=32, renders_per_scene=1)
+def _pick(dataset, count: int, seed: int) -> torch.Tensor:
+    """[count, 3, R, R] images of ``dataset`` chosen with ``seed``."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count]
+    return torch.stack([dataset[int(i)]["pixel_values"] for i in idx])
+
+
+def _recipe_space(args, parser) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
+    """The recipe's feature encoder and real samples in its generator's output space."""
+    try:
+        cfg = load_config(args.config, args.overrides)
+        dataset = build_in_memory_dataset(cfg.data, cfg.train.seed)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        parser.error(f"argument --config: {err}")
+    real = _pick(dataset, args.images, args.seed)
+    vae = None
+    if cfg.model.vae is not None:
+        vae = load_vae(cfg.model.vae, cfg.model.vae_subfolder)
+        with torch.no_grad():
+            real = encode_latents(vae, real)  # free samples live where the generator's outputs do
+    encoder = build_feature_encoder(cfg.features, cfg.data.resolution, vae).eval()
+    return [(Path(args.config).stem, encoder, real)]
+
+
+def _named_spaces(args, parser) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
+    if any(s.startswith("mae") for s in args.spaces) and args.mae is None:
+        parser.error("--spaces mae / mae+raw need --mae FOLDER (scripts/train_mae.py output)")
+    mae = None
+    if args.mae is not None:
+        from t2i_drift.models.mae_resnet import ResNetMAE
+
+        mae = ResNetMAE.from_pretrained(args.mae)
+    if args.data == "shapes":
+        dataset = ShapesDataset("train", resolution=32, renders_per_scene=1)
     else:
-        data = OpenMojiDataset("train", resolution=32, max_samples=400)
-    idx = torch.randperm(len(data))[:16]
-    real = torch.stack([data[int(i)]["pixel_values"] for i in idx])  # [16, 3, 32, 32]
-    encoder = SPACES[space](mae)
-    x = (0.01 * torch.randn(16 * samples, 3, 32, 32)).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    with torch.no_grad():
-        real_feats = encoder(real)
-    rows = []
-    for step in range(steps + 1):
-        feats = encoder(x)
-        if loss_kind == "drift":
-            options = DriftOptions()
-            loss, _ = text_to_image_drift_loss(feats, real_feats, samples, torch.ones(16), idx, options)
-        else:
-            loss = sum(
-                ((feats[k].view(16, samples, *feats[k].shape[1:]) - real_feats[k][:, None]) ** 2).mean()
-                / (real_feats[k].var() + 1e-6)
-                for k in feats
-            )
-        if step % max(1, steps // 4) == 0:
-            xs = x.detach().view(16, samples, 3, 32, 32)
-            own = (xs - real[:, None]).pow(2).mean().item()
-            other = (xs - real.roll(1, 0)[:, None]).pow(2).mean().item()
-            rows.append((step, own, other))
-        opt.zero_grad()
-        loss.backward()
-        if step == 0:  # how hard this space pushes the pixels at the start (RMS of d loss / d x)
-            grad0 = x.grad.pow(2).mean().sqrt().item()
-        opt.step()
-    return rows, grad0
+        dataset = OpenMojiDataset("train", resolution=32, max_samples=400)
+    real = _pick(dataset, args.images, args.seed)
+    return [(name, SPACES[name](mae).eval(), real) for name in args.spaces]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--config", default=None, help="probe this recipe's feature space (features.*)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides of --config")
+    parser.add_argument("--spaces", nargs="+", default=["raw", "effnet32", "effnet128"], choices=list(SPACES))
+    parser.add_argument("--data", choices=["openmoji", "shapes"], default="openmoji", help="for --spaces")
+    parser.add_argument("--mae", default=None, help="a trained ResNetMAE folder (spaces mae, mae+raw)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4, help="free samples per image (G)")
+    parser.add_argument("--images", type=int, default=16, help="real images probed")
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--spaces", nargs="+", default=["raw", "effnet32", "effnet128"], choices=list(SPACES))
-    parser.add_argument("--data", choices=["openmoji", "shapes"], default="openmoji")
-    parser.add_argument("--mae", default=None, help="a trained ResNetMAE folder (spaces mae, mae+raw)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the images and the start")
+    parser.add_argument("--losses", nargs="+", default=["drift", "feat-mse"], choices=["drift", "feat-mse"])
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--require-pass", action="store_true", help="exit 1 when a drift row fails")
     args = parser.parse_args(argv)
-    if any(s.startswith("mae") for s in args.spaces) and args.mae is None:
-        parser.error("--spaces mae / mae+raw need --mae FOLDER (scripts/train_mae.py output)")
+    if args.overrides and args.config is None:
+        parser.error(f"overrides {args.overrides} need --config")
+    if args.steps < 1 or args.samples < 2 or args.images < 2:
+        parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
+    spaces = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
     print(
-        f"{'space':<10} {'loss':<9} "
+        f"{'space':<22} {'loss':<9} "
         + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
-        + " grad0 (RMS of d loss/d pixels at step 0)"
+        + f"    grad0  verdict (at the end own <= {PASS_RATIO} x other and <= {PASS_RATIO} x own at 0)"
     )
-    for space in args.spaces:
-        for kind in ("drift", "feat-mse"):
-            rows, grad0 = probe(space, kind, args.steps, args.samples, args.lr, args.data, args.mae)
+    report, failed = [], False
+    for name, encoder, real in spaces:
+        for loss in args.losses:
+            result = identity_probe(encoder, real, loss, args.steps, args.samples, args.lr, args.seed)
+            verdict = "PASS" if result.passed else "FAIL"
+            failed |= loss == "drift" and not result.passed
             print(
-                f"{space:<10} {kind:<9} "
-                + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in rows)
-                + f" {grad0:9.2e}",
+                f"{name:<22} {loss:<9} "
+                + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in result.rows)
+                + f" {result.grad0:8.2e}  {verdict}",
                 flush=True,
             )
-    return 0
+            report.append(
+                {
+                    "space": name,
+                    "loss": loss,
+                    "rows": result.rows,
+                    "grad0": result.grad0,
+                    "passed": result.passed,
+                }
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 1 if args.require_pass and failed else 0
 
 
 if __name__ == "__main__":

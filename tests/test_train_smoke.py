@@ -255,15 +255,6 @@ def test_compare_grids_script(run_dir, tmp_path):
     assert Image.open(out).size == (2 * 32 + 12, 16 + 20)
 
 
-def test_feature_identity_probe_runs(capsys):
-    assert (
-        _load_script("bench_feature_identity").main(["--steps", "2", "--spaces", "raw", "--samples", "2"])
-        == 0
-    )
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("raw")]
-    assert len(lines) == 2 and "drift" in lines[0] and "feat-mse" in lines[1]
-
-
 def test_two_process_ddp_run_on_cpu(tmp_path):
     """2 gloo processes (ACCELERATE_USE_CPU=1 --multi_gpu; without it, --multi_gpu on a CPU
     machine starts two unsynchronised copies): the drift statistics are all-reduced, each process

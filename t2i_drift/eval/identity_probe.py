@@ -1,0 +1,125 @@
+"""The free-pixel identity probe: does drift in a feature space pull samples toward their image?
+
+A feature space is only useful to the drifting loss if matching it means matching the image. The
+probe checks that without a generator: for N real images it optimizes free tensors (G per image,
+in the generator's output space: pixels, or VAE latents) with Adam under one loss built from the
+feature space, and tracks the mean squared distance of the free samples to their own image
+("own") and to another image of the set ("other": where a loss that ignores the image stays).
+
+    result = identity_probe(encoder, real [N, C, H, W], loss="drift", steps=200, samples=4)
+    result.rows       # [(step, own, other), ...] at 5 evenly spaced steps
+    result.grad0      # RMS of d loss / d samples at the start: how hard the space pushes
+    result.passed     # at the last step own <= PASS_RATIO * other and own <= PASS_RATIO * own at step 0
+
+Losses:
+    drift     the text-to-image drifting loss (docs/method.md sections 3 and 7): group = image,
+              one positive, alpha = 1 (no unconditional negatives)
+    feat-mse  plain feature matching: sum over keys of mean((f(x) - f(y))^2) / var(f(y))
+
+An encoder that fails (EfficientNet-Lite0's ImageNet features: the samples match the features
+and move away from the image) teaches a generator textures, not the caption's image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
+
+PASS_RATIO = 0.5
+"""A space passes when, at the last step, the samples are at most half as far (squared) from their
+own image as from another image, and at most half as far as they started: they moved toward their
+image and stayed there (a space whose drift first converges and then pushes the samples apart
+again fails)."""
+
+ProbeLoss = Literal["drift", "feat-mse"]
+
+
+@dataclass
+class ProbeResult:
+    """One probe run. ``rows``: (step, own, other) mean squared distances at logged steps."""
+
+    loss: str
+    rows: list[tuple[int, float, float]]
+    grad0: float
+
+    @property
+    def passed(self) -> bool:
+        _, own, other = self.rows[-1]
+        return own <= PASS_RATIO * other and own <= PASS_RATIO * self.rows[0][1]
+
+
+def _loss(
+    kind: ProbeLoss,
+    feats: dict[str, torch.Tensor],
+    real_feats: dict[str, torch.Tensor],
+    samples: int,
+    extra_feats: dict[str, torch.Tensor] | None,
+    options: DriftOptions,
+) -> torch.Tensor:
+    N = next(iter(real_feats.values())).shape[0]
+    if kind == "drift":
+        ids = torch.arange(N)  # every image its own caption
+        loss, _ = text_to_image_drift_loss(
+            feats, real_feats, samples, torch.ones(N), ids, options, extra_positives=extra_feats
+        )
+        return loss
+    return sum(
+        ((feats[k].view(N, samples, *feats[k].shape[1:]) - real_feats[k][:, None]) ** 2).mean()
+        / (real_feats[k].var() + 1e-6)
+        for k in feats
+    )
+
+
+def identity_probe(
+    encoder: torch.nn.Module,
+    real: torch.Tensor,
+    loss: ProbeLoss = "drift",
+    steps: int = 200,
+    samples: int = 4,
+    lr: float = 0.01,
+    seed: int = 0,
+    extra_positives: torch.Tensor | None = None,
+    options: DriftOptions | None = None,
+) -> ProbeResult:
+    """Optimize ``samples`` free tensors per image of ``real`` [N, C, H, W] under ``loss`` in the
+    feature space of ``encoder`` (key -> [N, L, D]); the samples start near 0 (N(0, 0.01^2)).
+
+    ``extra_positives`` [N, P-1, C, H, W]: more positives per image for the drift (other images of
+    its caption); "own" stays the distance to ``real``. ``options``: the drift's field options
+    (default: the library's)."""
+    if loss not in ("drift", "feat-mse"):
+        raise ValueError(f"loss must be 'drift' or 'feat-mse', got {loss!r}")
+    if steps < 1 or samples < 2:
+        raise ValueError(f"need steps >= 1 and samples >= 2, got steps={steps}, samples={samples}")
+    N = real.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    x = (0.01 * torch.randn(N * samples, *real.shape[1:], generator=g)).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    options = options or DriftOptions()
+    with torch.no_grad():
+        real_feats = encoder(real)
+        extra_feats = None
+        if extra_positives is not None:
+            flat = encoder(extra_positives.flatten(0, 1))  # key -> [N*(P-1), L, D]
+            extra_feats = {k: v.view(N, -1, *v.shape[1:]) for k, v in flat.items()}
+    other_image = real.roll(1, 0)[:, None]  # [N, 1, C, H, W]: image n - 1 for image n
+    log_at = {round(i * steps / 4) for i in range(5)}
+    rows, grad0 = [], float("nan")
+    for step in range(steps + 1):
+        if step in log_at:
+            xs = x.detach().view(N, samples, *real.shape[1:])
+            own = (xs - real[:, None]).pow(2).mean().item()
+            rows.append((step, own, (xs - other_image).pow(2).mean().item()))
+        if step == steps:
+            break
+        value = _loss(loss, encoder(x), real_feats, samples, extra_feats, options)
+        opt.zero_grad()
+        value.backward()
+        if step == 0:
+            grad0 = x.grad.pow(2).mean().sqrt().item()
+        opt.step()
+    return ProbeResult(loss=loss, rows=rows, grad0=grad0)
