@@ -58,3 +58,18 @@ def test_probe_script_runs_a_recipes_feature_space(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [(r["space"], r["loss"], r["passed"]) for r in rows] == [("shapes_32px", "drift", False)]
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_self_masked_drift_pushes_the_samples_of_one_positive_apart():
+    """docs/method.md section 7: with one positive per image and its samples left out of their own
+    negatives, the raw drift pushes the free samples away from the image without bound; keeping
+    each sample among its own negatives brings them onto it."""
+    from t2i_drift.drifting import DriftOptions
+
+    real = _real()
+    masked = identity_probe(RawFeatures(), real, "drift", steps=100, samples=4)
+    kept = identity_probe(
+        RawFeatures(), real, "drift", steps=100, samples=4, options=DriftOptions(mask_self=False)
+    )
+    assert masked.rows[-1][1] > 2 * masked.rows[0][1] and not masked.passed
+    assert kept.rows[-1][1] < 0.1 * kept.rows[0][1] and kept.passed

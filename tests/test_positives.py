@@ -95,10 +95,10 @@ def test_positive_options_are_checked_when_the_config_loads(override, key):
 @pytest.mark.parametrize("mode", ["caption", "augment"])
 def test_training_with_extra_positives_feeds_them_to_the_drift(tmp_path, mode, monkeypatch):
     """Two steps of the smoke recipe with 3 positives per prompt: every step draws 2 more images
-    per prompt, and each key's groups reach the drift with 3 positives."""
+    per prompt, and each key's groups reach the drift with 3 positives (and drift.mask_self)."""
     import t2i_drift.training.objectives.drifting as drifting_objective
 
-    drawn, positives = [], []
+    drawn, positives, masks = [], [], []
     original_draw, original_loss = ExtraPositives.__call__, drifting_objective.text_to_image_drift_loss
 
     def draw(self, batch, generator):
@@ -108,13 +108,15 @@ def test_training_with_extra_positives_feeds_them_to_the_drift(tmp_path, mode, m
 
     def loss(*args, extra_positives=None, **kwargs):
         positives.append({k: v.shape[1] + 1 for k, v in extra_positives.items()})
+        masks.append(args[5].mask_self)  # the DriftOptions
         return original_loss(*args, extra_positives=extra_positives, **kwargs)
 
     monkeypatch.setattr(ExtraPositives, "__call__", draw)
     monkeypatch.setattr(drifting_objective, "text_to_image_drift_loss", loss)
     overrides = [f"train.output_dir={tmp_path}", "drift.positives_per_prompt=3"]
-    overrides.append(f"drift.positives_from={mode}")
+    overrides += [f"drift.positives_from={mode}", f"drift.mask_self={mode == 'caption'}"]
     train_t2i(load_config(RECIPE, overrides))
     assert drawn == [(8, 2, 3, 16, 16)] * 2  # train.batch_size 8, resolution 16
     assert len(positives) == 2 and all(set(p.values()) == {3} for p in positives)
+    assert masks == [mode == "caption"] * 2  # drift.mask_self reaches the field options
     assert (tmp_path / "pipeline" / "model_index.json").is_file()

@@ -36,6 +36,7 @@ class DriftingObjective(TextToImageObjective):
             distributed=accelerator.num_processes > 1,
             memory_budget=None if budget is None else int(budget * 2**20),
             compile=cfg.drift.compile,
+            mask_self=cfg.drift.mask_self,
         )
         self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
         self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution)
