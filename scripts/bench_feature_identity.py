@@ -2,7 +2,8 @@
 """The free-pixel identity probe (t2i_drift/eval/identity_probe.py): does a feature space pull
 samples toward their own image? Run it on any feature space before training with it.
 
-A recipe's feature space, exactly as training builds it (its data, its VAE for latent runs):
+A recipe's feature space, exactly as training builds it (its data, its VAE for latent runs, its
+drift temperatures and self-masking):
 
     python scripts/bench_feature_identity.py --config recipes/shapes_32px_mae.yaml [key=value ...]
 
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
+from t2i_drift.drifting import DriftOptions
 from t2i_drift.eval.identity_probe import PASS_RATIO, identity_probe
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.vae import encode_latents, load_vae
@@ -49,8 +51,9 @@ def _pick(dataset, count: int, seed: int) -> torch.Tensor:
     return torch.stack([dataset[int(i)]["pixel_values"] for i in idx])
 
 
-def _recipe_space(args, parser) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
-    """The recipe's feature encoder and real samples in its generator's output space."""
+def _recipe_space(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.Tensor]], DriftOptions]:
+    """The recipe's feature encoder, real samples in its generator's output space, and its drift's
+    field options (temperatures, self-masking)."""
     try:
         cfg = load_config(args.config, args.overrides)
         dataset = build_in_memory_dataset(cfg.data, cfg.train.seed)
@@ -63,10 +66,11 @@ def _recipe_space(args, parser) -> list[tuple[str, torch.nn.Module, torch.Tensor
         with torch.no_grad():
             real = encode_latents(vae, real)  # free samples live where the generator's outputs do
     encoder = build_feature_encoder(cfg.features, cfg.data.resolution, vae).eval()
-    return [(Path(args.config).stem, encoder, real)]
+    options = DriftOptions(temperatures=tuple(cfg.drift.temperatures), mask_self=cfg.drift.mask_self)
+    return [(Path(args.config).stem, encoder, real)], options
 
 
-def _named_spaces(args, parser) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
+def _named_spaces(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.Tensor]], DriftOptions]:
     if any(s.startswith("mae") for s in args.spaces) and args.mae is None:
         parser.error("--spaces mae / mae+raw need --mae FOLDER (scripts/train_mae.py output)")
     mae = None
@@ -79,7 +83,8 @@ def _named_spaces(args, parser) -> list[tuple[str, torch.nn.Module, torch.Tensor
     else:
         dataset = OpenMojiDataset("train", resolution=32, max_samples=400)
     real = _pick(dataset, args.images, args.seed)
-    return [(name, SPACES[name](mae).eval(), real) for name in args.spaces]
+    options = DriftOptions(mask_self=not args.keep_self)
+    return [(name, SPACES[name](mae).eval(), real) for name in args.spaces], options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None, help="probe this recipe's feature space (features.*)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides of --config")
+    parser.add_argument(
+        "overrides", nargs="*", help="section.key=value overrides of --config (put them before --losses)"
+    )
     parser.add_argument("--spaces", nargs="+", default=["raw", "effnet32", "effnet128"], choices=list(SPACES))
     parser.add_argument("--data", choices=["openmoji", "shapes"], default="openmoji", help="for --spaces")
     parser.add_argument("--mae", default=None, help="a trained ResNetMAE folder (spaces mae, mae+raw)")
+    parser.add_argument(
+        "--keep-self", action="store_true", help="for --spaces: samples stay among their own negatives"
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4, help="free samples per image (G)")
     parser.add_argument("--images", type=int, default=16, help="real images probed")
@@ -104,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"overrides {args.overrides} need --config")
     if args.steps < 1 or args.samples < 2 or args.images < 2:
         parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
-    spaces = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
+    spaces, options = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
     print(
         f"{'space':<22} {'loss':<9} "
         + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
@@ -113,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     report, failed = [], False
     for name, encoder, real in spaces:
         for loss in args.losses:
-            result = identity_probe(encoder, real, loss, args.steps, args.samples, args.lr, args.seed)
+            result = identity_probe(
+                encoder, real, loss, args.steps, args.samples, args.lr, args.seed, options=options
+            )
             verdict = "PASS" if result.passed else "FAIL"
             failed |= loss == "drift" and not result.passed
             print(

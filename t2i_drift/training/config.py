@@ -240,10 +240,10 @@ class DriftConfig:
     result does not depend on it (t2i_drift/drifting/chunking.py); null evaluates in one chunk."""
     compile: bool = False
     """Run the field's coefficient kernel through ``torch.compile``."""
-    mask_self: bool = True
-    """Leave each generated sample out of its own negatives (the paper's Algorithm 2). With a single
-    positive per prompt this makes a prompt's samples repel each other without bound (docs/method.md
-    section 7); false keeps every sample among its own negatives."""
+    mask_self: bool = False
+    """Leave each generated sample out of its own negatives (true: the paper's Algorithm 2). With a
+    single positive per prompt that makes a prompt's samples repel each other without bound
+    (docs/method.md section 7), so training keeps every sample among its own negatives by default."""
     positives_per_prompt: int = 1
     """P positives per prompt (docs/method.md section 7): the paired image plus P - 1 more, drawn
     as ``positives_from`` says. 1 is the paired image alone."""
