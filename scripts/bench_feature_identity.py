@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.overrides and args.config is None:
         parser.error(f"overrides {args.overrides} need --config")
+    if args.keep_self and args.config:
+        parser.error("--keep-self is for --spaces; with --config set drift.mask_self=false instead")
     if args.steps < 1 or args.samples < 2 or args.images < 2:
         parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
     spaces, options = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
