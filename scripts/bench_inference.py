@@ -64,16 +64,16 @@ def bench_preset(name: str, args, text_encoder, tokenizer) -> dict[str, float]:
         return lambda: pipe(prompts, output_type="pt", generator=torch.Generator().manual_seed(0))
 
     def sampler_25():
-        emb = pipe.encode_prompt(PROMPTS[:1], device=torch.device(device))
+        embeds, mask, pooled = pipe.encode_prompt(PROMPTS[:1], device=torch.device(device))
         x = torch.randn(1, args.channels, args.sample_size, args.sample_size, device=device, dtype=dtype)
         style = transformer.sample_style_indices(1, device=torch.device(device))
         with torch.no_grad():
             for _ in range(25):
                 x = transformer(
                     hidden_states=x,
-                    encoder_hidden_states=emb.embeds.to(dtype),
-                    encoder_attention_mask=emb.mask,
-                    pooled_projections=emb.pooled.to(dtype),
+                    encoder_hidden_states=embeds.to(dtype),
+                    encoder_attention_mask=mask,
+                    pooled_projections=pooled.to(dtype),
                     guidance=2.0,
                     style_indices=style,
                 ).sample

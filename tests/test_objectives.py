@@ -13,6 +13,7 @@ from helpers import run_python
 from t2i_drift import DriftingPipeline, FlowMatchingPipeline
 from t2i_drift.hub import write_hub_layout
 from t2i_drift.pipelines import load_pipeline
+from t2i_drift.text.encoders import TextEmbeddings
 from t2i_drift.training.config import ConfigError, load_config
 from t2i_drift.training.objectives.flow_matching import sample_noise_levels
 from t2i_drift.training.runs import train_t2i
@@ -67,7 +68,7 @@ def test_flow_matching_euler_steps_follow_the_learned_velocity(runs):
     torch.manual_seed(1)
     noise = torch.randn(1, 3, 16, 16)
     one = pipe("teapot", num_inference_steps=1, latents=noise, output_type="latent").images
-    emb = pipe.encode_prompt("teapot")
+    emb = TextEmbeddings(*pipe.encode_prompt("teapot"))
     style = torch.zeros(1, pipe.transformer.config.num_style_codebooks, dtype=torch.long)
     with torch.no_grad():
         v = pipe.velocity(noise, 1.0, emb, style)

@@ -48,12 +48,12 @@ def test_guidance_scale_changes_output_in_one_pass(pipe):
 
 
 def test_prompt_embeds_path_equals_prompt_path(pipe):
-    emb = pipe.encode_prompt(["teapot", "rocket"])
+    embeds, mask, pooled = pipe.encode_prompt(["teapot", "rocket"])
     via_embeds = _np(
         pipe,
-        prompt_embeds=emb.embeds,
-        prompt_attention_mask=emb.mask,
-        pooled_prompt_embeds=emb.pooled,
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        pooled_prompt_embeds=pooled,
         num_images_per_prompt=2,
     )
     via_prompt = _np(pipe, prompt=["teapot", "rocket"], num_images_per_prompt=2)

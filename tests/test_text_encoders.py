@@ -155,10 +155,27 @@ def test_two_encoder_pipeline_saves_and_reloads(folders, tmp_path):
         print(*names, pipe.config.pooled_sources)
     """)
     assert "T5EncoderModel CLIPTextModelWithProjection ['text_encoder_2']" in out
-    with pytest.raises(ValueError, match="pooled_sources"):
-        DriftingPipeline(
-            transformer=transformer, text_encoder=t5, tokenizer=t5_tok, pooled_sources=["text_encoder_2"]
-        )
+    # text_encoder_2 is optional: without it the pipeline still runs on precomputed embeddings
+    # (diffusers' memory-saving recipe), and a prompt names the missing encoder.
+    embeds, mask, pooled = pipe.encode_prompt(PROMPTS)
+    without = DriftingPipeline(
+        transformer=transformer,
+        text_encoder=t5,
+        tokenizer=t5_tok,
+        pooled_sources=["text_encoder_2"],
+        max_sequence_length=12,
+    )
+    without.set_progress_bar_config(disable=True)
+    got = without(
+        prompt_embeds=embeds,
+        prompt_attention_mask=mask,
+        pooled_prompt_embeds=pooled,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    np.testing.assert_array_equal(got, images)
+    with pytest.raises(ValueError, match="uses text_encoder_2 .* loaded as None"):
+        without(PROMPTS)
 
 
 def test_embedding_cache_encodes_each_caption_once(folders, tmp_path):

@@ -4,10 +4,13 @@ block and the final layer (docs/method.md section 6). Shapes: N samples, S token
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 # ----------------------------------------------------------------------------------------------
 #                                   Positional embedding (RoPE)
@@ -41,9 +44,9 @@ def sincos_2d(grid_h: int, grid_w: int, dim: int) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2k, 2k+1) of x [N, heads, S, hd] by angles [S, hd/2] (fp32 math)."""
-    x_pairs = x.float().unflatten(-1, (-1, 2))  # [N, h, S, hd/2, 2]
-    cos, sin = angles.cos(), angles.sin()
+    """Rotate channel pairs (2k, 2k+1) of x [N, S, heads, hd] by angles [S, hd/2] (fp32 math)."""
+    x_pairs = x.float().unflatten(-1, (-1, 2))  # [N, S, h, hd/2, 2]
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # [S, 1, hd/2]: shared by the heads
     a, b = x_pairs[..., 0], x_pairs[..., 1]
     rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
     return rotated.flatten(-2).type_as(x)
@@ -59,10 +62,62 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with QK-RMSNorm; self-attention (with RoPE) or cross-attention."""
+class DriftingAttnProcessor:
+    """The attention math of :class:`Attention`, run through diffusers' attention dispatcher so that
+    ``transformer.set_attention_backend(...)`` and the ``attention_backend`` context manager apply
+    (flash, sage, xformers, native SDPA, ...). Holds no weights."""
 
-    def __init__(self, dim: int, num_heads: int, context_dim: int | None = None, eps: float = 1e-6):
+    _attention_backend = None  # set by ModelMixin.set_attention_backend
+    _parallel_config = None  # set by diffusers' context-parallel hooks
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rope: torch.Tensor | None = None,
+        rope_offset: int = 0,
+    ) -> torch.Tensor:
+        """hidden_states [N, S, D]; encoder_hidden_states [N, T, Dc] (None: self-attention);
+        attention_mask [N, T] bool (True = attend); rope [S - rope_offset, hd/2] applied to the
+        tokens after the first ``rope_offset``. Returns [N, S, D]."""
+        N, S, _ = hidden_states.shape
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (attn.num_heads, attn.head_dim)))  # [N,S,h,hd]
+        k = attn.norm_k(attn.to_k(ctx).unflatten(-1, (attn.num_heads, attn.head_dim)))  # [N,T,h,hd]
+        v = attn.to_v(ctx).unflatten(-1, (attn.num_heads, attn.head_dim))  # [N,T,h,hd]
+        if rope is not None:
+            # Register tokens (the first rope_offset) carry no position.
+            q = torch.cat([q[:, :rope_offset], apply_rope(q[:, rope_offset:], rope)], dim=1)
+            k = torch.cat([k[:, :rope_offset], apply_rope(k[:, rope_offset:], rope)], dim=1)
+        attn_mask = None if attention_mask is None else attention_mask[:, None, None, :]  # [N,1,1,T]
+        out = dispatch_attention_fn(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )  # [N,S,h,hd]
+        return attn.to_out(out.flatten(2).to(q.dtype))
+
+
+class Attention(nn.Module, AttentionModuleMixin):
+    """Multi-head attention with QK-RMSNorm; self-attention (with RoPE) or cross-attention. The
+    computation lives in its processor (diffusers' processor convention)."""
+
+    _default_processor_cls = DriftingAttnProcessor
+    _available_processors = [DriftingAttnProcessor]
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        context_dim: int | None = None,
+        eps: float = 1e-6,
+        processor: DriftingAttnProcessor | None = None,
+    ):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"hidden_size {dim} is not divisible by num_attention_heads {num_heads}")
@@ -74,6 +129,7 @@ class Attention(nn.Module):
         self.norm_q = nn.RMSNorm(self.head_dim, eps=eps)
         self.norm_k = nn.RMSNorm(self.head_dim, eps=eps)
         self.to_out = nn.Linear(dim, dim)
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
 
     def forward(
         self,
@@ -82,23 +138,12 @@ class Attention(nn.Module):
         mask: torch.Tensor | None = None,
         rope: torch.Tensor | None = None,
         rope_offset: int = 0,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """x [N, S, D]; context [N, T, Dc] (None: self-attention); mask [N, T] bool (True = attend);
-        rope [S - rope_offset, hd/2] applied to the tokens after the first ``rope_offset``."""
-        N, S, _ = x.shape
-        ctx = x if context is None else context
-        q = self.norm_q(self.to_q(x).view(N, S, self.num_heads, self.head_dim).transpose(1, 2))  # [N,h,S,hd]
-        k = self.norm_k(
-            self.to_k(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2)
-        )  # [N,h,T,hd]
-        v = self.to_v(ctx).view(N, -1, self.num_heads, self.head_dim).transpose(1, 2)  # [N,h,T,hd]
-        if rope is not None:
-            # Register tokens (the first rope_offset) carry no position.
-            q = torch.cat([q[:, :, :rope_offset], apply_rope(q[:, :, rope_offset:], rope)], dim=2)
-            k = torch.cat([k[:, :, :rope_offset], apply_rope(k[:, :, rope_offset:], rope)], dim=2)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # [N,1,1,T]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # [N,h,S,hd]
-        return self.to_out(out.transpose(1, 2).reshape(N, S, -1))
+        rope [S - rope_offset, hd/2]; ``kwargs`` (the pipeline's ``attention_kwargs``) go to the
+        processor. Returns [N, S, D]."""
+        return self.processor(self, x, context, mask, rope, rope_offset, **kwargs)
 
 
 class SwiGLU(nn.Module):
@@ -150,8 +195,9 @@ class DriftingTransformerBlock(nn.Module):
         context_mask: torch.Tensor | None,
         rope: torch.Tensor,
         rope_offset: int,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        """x [N, S, D], cond [N, D] -> [N, S, D].
+        """x [N, S, D], cond [N, D] -> [N, S, D]; ``attention_kwargs`` go to every attention processor.
 
         Cross-attention: S = R+P, context [N, T, D] and context_mask [N, T] feed the cross branch.
         Joint attention: S = R+T+P, context is None and context_mask [N, S] masks padded text keys.
@@ -167,10 +213,13 @@ class DriftingTransformerBlock(nn.Module):
             )
         h = modulate(self.norm1(x), sa_shift, sa_scale)
         self_mask = None if self.cross_attention else context_mask
-        x = x + sa_gate.unsqueeze(1) * self.attn(h, mask=self_mask, rope=rope, rope_offset=rope_offset)
+        kwargs = attention_kwargs or {}
+        x = x + sa_gate.unsqueeze(1) * self.attn(
+            h, mask=self_mask, rope=rope, rope_offset=rope_offset, **kwargs
+        )
         if self.cross_attention:
             h = modulate(self.norm2(x), ca_shift, ca_scale)
-            x = x + ca_gate.unsqueeze(1) * self.cross_attn(h, context=context, mask=context_mask)
+            x = x + ca_gate.unsqueeze(1) * self.cross_attn(h, context=context, mask=context_mask, **kwargs)
         h = modulate(self.norm3(x), mlp_shift, mlp_scale)
         return x + mlp_gate.unsqueeze(1) * self.mlp(h)
 

@@ -21,9 +21,11 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention import AttentionMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.peft_utils import apply_lora_scale
 
 from t2i_drift.models.transformer_blocks import DriftingTransformerBlock, FinalLayer, rope_2d, sincos_2d
 
@@ -46,7 +48,7 @@ DRIFTING_PRESETS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
+class DriftingTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin):
     """One-step drifting generator. The whole architecture is in ``config.json``.
 
     Args:
@@ -196,6 +198,7 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         style = self.style_embedding(style_indices + offsets).sum(dim=1)  # [N, D]
         return self.pooled_embedder(pooled.to(self.dtype)) + g + style
 
+    @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -204,6 +207,7 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
         pooled_projections: torch.Tensor | None = None,
         guidance: torch.Tensor | float | None = None,
         style_indices: torch.Tensor | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
         return_dict: bool = True,
     ) -> Transformer2DModelOutput | tuple[torch.Tensor]:
         """One generator step: noise -> sample.
@@ -215,6 +219,8 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
             pooled_projections: [N, Dt_pooled] pooled text embedding; None uses zeros.
             guidance: alpha, scalar or [N]; None means 1 (no guidance).
             style_indices: [N, num_style_codebooks] ints; None draws them from the global RNG.
+            attention_kwargs: extra keyword arguments for the attention processors; ``scale`` is the
+                LoRA scale (applied to PEFT adapters, diffusers' convention).
         Returns:
             ``Transformer2DModelOutput(sample=[N, C_out, H, W])`` or a 1-tuple.
         """
@@ -269,9 +275,11 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin):
 
         for block in self.blocks:
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x = self._gradient_checkpointing_func(block, x, cond, context, mask, rope, offset)
+                x = self._gradient_checkpointing_func(
+                    block, x, cond, context, mask, rope, offset, attention_kwargs
+                )
             else:
-                x = block(x, cond, context, mask, rope, offset)  # [N, offset+P, D]
+                x = block(x, cond, context, mask, rope, offset, attention_kwargs)  # [N, offset+P, D]
 
         x = self.final_layer(x[:, offset:], cond)  # [N, P, p*p*C_out]
         x = x.view(N, H // p, W // p, p, p, self.out_channels)

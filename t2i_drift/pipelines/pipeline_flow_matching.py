@@ -15,10 +15,12 @@ evaluations (NFE) is ``num_inference_steps`` (x 2 with guidance).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -42,9 +44,9 @@ class FlowMatchingPipeline(TextToImagePipeline):
         self,
         transformer: DriftingTransformer2DModel,
         scheduler: FlowMatchEulerDiscreteScheduler,
-        text_encoder: PreTrainedModel | OpenCLIPTextModel,
-        tokenizer: PreTrainedTokenizerBase,
-        vae: Any = None,
+        text_encoder: PreTrainedModel | OpenCLIPTextModel | None,
+        tokenizer: PreTrainedTokenizerBase | None,
+        vae: AutoencoderKL | None = None,
         text_encoder_2: PreTrainedModel | OpenCLIPTextModel | None = None,
         tokenizer_2: PreTrainedTokenizerBase | None = None,
         max_sequence_length: int = 32,
@@ -57,6 +59,8 @@ class FlowMatchingPipeline(TextToImagePipeline):
     ):
         super().__init__()
         self.register_text_to_image(
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
             text_encoder_2=text_encoder_2,
             tokenizer_2=tokenizer_2,
             token_sources=token_sources,
@@ -64,8 +68,6 @@ class FlowMatchingPipeline(TextToImagePipeline):
             modules=dict(
                 transformer=transformer,
                 scheduler=scheduler,
-                text_encoder=text_encoder,
-                tokenizer=tokenizer,
                 vae=vae,
             ),
             config=dict(
@@ -78,7 +80,12 @@ class FlowMatchingPipeline(TextToImagePipeline):
         )
 
     def velocity(
-        self, x: torch.Tensor, sigma: float, emb: TextEmbeddings, style: torch.Tensor
+        self,
+        x: torch.Tensor,
+        sigma: float,
+        emb: TextEmbeddings,
+        style: torch.Tensor,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """v = transformer(x_sigma; text, guidance input = sigma) [B, C, h, w]."""
         dtype = self.transformer.dtype
@@ -89,7 +96,20 @@ class FlowMatchingPipeline(TextToImagePipeline):
             pooled_projections=emb.pooled.to(dtype=dtype),
             guidance=torch.full((x.shape[0],), sigma, device=x.device),
             style_indices=style,
+            attention_kwargs=attention_kwargs,
         ).sample
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def attention_kwargs(self) -> dict[str, Any] | None:
+        return self._attention_kwargs
 
     @torch.no_grad()
     def __call__(
@@ -107,6 +127,13 @@ class FlowMatchingPipeline(TextToImagePipeline):
         pooled_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        attention_kwargs: dict[str, Any] | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_sequence_length: int | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate images by integrating the learned flow.
 
@@ -114,11 +141,16 @@ class FlowMatchingPipeline(TextToImagePipeline):
             num_inference_steps: Euler steps from noise to image (1 = a single jump).
             guidance_scale: classifier-free guidance weight w (1 = none; > 1 needs a model trained
                 with dropped captions, and costs a second transformer call per step).
+            callback_on_step_end: called after every Euler step with the current ``latents`` (and
+                the other tensors named in ``callback_on_step_end_tensor_inputs``).
             Other arguments as :meth:`DriftingPipeline.__call__`.
         """
         # 1. Check inputs
         height = height or self.default_size()
         width = width or self.default_size()
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self.check_common_inputs(
             prompt=prompt,
             height=height,
@@ -128,6 +160,8 @@ class FlowMatchingPipeline(TextToImagePipeline):
             prompt_attention_mask=prompt_attention_mask,
             pooled_prompt_embeds=pooled_prompt_embeds,
             output_type=output_type,
+            callback_on_step_end_tensor_inputs=tensor_inputs,
+            max_sequence_length=max_sequence_length,
         )
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
@@ -138,15 +172,29 @@ class FlowMatchingPipeline(TextToImagePipeline):
                 f"guidance_scale={guidance_scale} needs a model trained with dropped captions "
                 "(objective.caption_dropout > 0); this one was not"
             )
+        self._guidance_scale = float(guidance_scale)
+        self._attention_kwargs = attention_kwargs
+        self._num_timesteps = num_inference_steps
         device = self._execution_device
 
         # 2. Conditioning (and the empty caption's, for guidance)
-        emb = self.conditioning(
-            prompt, num_images_per_prompt, prompt_embeds, prompt_attention_mask, pooled_prompt_embeds, device
+        emb = TextEmbeddings(
+            *self.encode_prompt(
+                prompt,
+                num_images_per_prompt,
+                device,
+                prompt_embeds=prompt_embeds,
+                prompt_attention_mask=prompt_attention_mask,
+                pooled_prompt_embeds=pooled_prompt_embeds,
+                max_sequence_length=max_sequence_length,
+            )
         )
         batch = emb.embeds.shape[0]
-        emb = emb.to(device)
-        uncond = self.encode_prompt("", batch, device) if guidance_scale > 1 else None
+        uncond = None
+        if guidance_scale > 1:
+            uncond = TextEmbeddings(
+                *self.encode_prompt("", batch, device, max_sequence_length=max_sequence_length)
+            )
         # Fixed style: the flow's randomness is its initial noise.
         style = torch.zeros(
             batch, self.transformer.config.num_style_codebooks, dtype=torch.long, device=device
@@ -159,11 +207,27 @@ class FlowMatchingPipeline(TextToImagePipeline):
         # 4. Euler steps from sigma = 1 to 0
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             sigma = float(self.scheduler.sigmas[i])  # the noise level the model was trained on
-            v = self.velocity(x, sigma, emb, style).float()
+            v = self.velocity(x, sigma, emb, style, attention_kwargs).float()
             if uncond is not None:
-                v_uncond = self.velocity(x, sigma, uncond, style).float()
+                v_uncond = self.velocity(x, sigma, uncond, style, attention_kwargs).float()
                 v = v_uncond + guidance_scale * (v - v_uncond)
             x = self.scheduler.step(v, t, x, return_dict=False)[0]
+            tensors = self.run_step_callback(
+                callback_on_step_end,
+                tensor_inputs,
+                i,
+                t,
+                dict(
+                    latents=x,
+                    prompt_embeds=emb.embeds,
+                    prompt_attention_mask=emb.mask,
+                    pooled_prompt_embeds=emb.pooled,
+                ),
+            )
+            x = tensors["latents"]
+            emb = TextEmbeddings(
+                tensors["prompt_embeds"], tensors["prompt_attention_mask"], tensors["pooled_prompt_embeds"]
+            )
 
         # 5. Decode (latent space) and postprocess
         image = self.postprocess(x, output_type)

@@ -11,9 +11,11 @@ Both :class:`~t2i_drift.pipelines.pipeline_drifting.DriftingPipeline` (one step)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
@@ -27,15 +29,21 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 class TextToImagePipeline(DiffusionPipeline):
     """Base class; subclasses define ``__init__`` (calling :meth:`register_text_to_image`) and
-    ``__call__``. Components: ``transformer``, ``text_encoder``, ``tokenizer`` and the optional
-    ``vae``, ``text_encoder_2``, ``tokenizer_2``."""
+    ``__call__``. Components: ``transformer`` and the optional ``text_encoder``, ``tokenizer``,
+    ``vae``, ``text_encoder_2``, ``tokenizer_2``: a text encoder may be left out (``None``) when
+    the caller passes precomputed embeddings, diffusers' usual memory-saving recipe."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
-    _optional_components = ["vae", "text_encoder_2", "tokenizer_2"]
+    _optional_components = ["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+    # What ``callback_on_step_end`` may read and replace; "latents" is the generator's output
+    # (before VAE decoding) at the end of the step.
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "prompt_attention_mask", "pooled_prompt_embeds"]
 
     def register_text_to_image(
         self,
         *,
+        text_encoder: Any,
+        tokenizer: Any,
         text_encoder_2: Any,
         tokenizer_2: Any,
         token_sources: list[str] | tuple[str, ...],
@@ -44,13 +52,22 @@ class TextToImagePipeline(DiffusionPipeline):
         config: dict[str, Any],
     ) -> None:
         """Check the text sources, register ``modules`` and ``config``, build the image processor."""
-        if (text_encoder_2 is None) != (tokenizer_2 is None):
-            raise ValueError("text_encoder_2 and tokenizer_2 must be given together")
-        available = ENCODER_NAMES if text_encoder_2 is not None else ENCODER_NAMES[:1]
+        for index, (encoder, tok) in enumerate(((text_encoder, tokenizer), (text_encoder_2, tokenizer_2))):
+            if (encoder is None) != (tok is None):
+                names = ENCODER_NAMES[index], ENCODER_NAMES[index].replace("text_encoder", "tokenizer")
+                raise ValueError(f"{names[0]} and {names[1]} must be given together (or both None)")
         for name, sources in (("token_sources", token_sources), ("pooled_sources", pooled_sources)):
-            if not sources or any(s not in available for s in sources):
-                raise ValueError(f"{name} must be a non-empty list of {list(available)}, got {list(sources)}")
-        self.register_modules(text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, **modules)
+            if not sources or any(s not in ENCODER_NAMES for s in sources):
+                raise ValueError(
+                    f"{name} must be a non-empty list of {list(ENCODER_NAMES)}, got {list(sources)}"
+                )
+        self.register_modules(
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            **modules,
+        )
         self.register_to_config(
             token_sources=list(token_sources), pooled_sources=list(pooled_sources), **config
         )
@@ -62,53 +79,63 @@ class TextToImagePipeline(DiffusionPipeline):
         return vae_scale_factor(getattr(self, "vae", None))
 
     # ------------------------------------------------------------------------------------------
-    def text_conditioner(self) -> TextConditioner:
-        """The pipeline's text encoders as the trainer's :class:`TextConditioner`."""
-        slots = [
-            TextEncoderSlot(
-                self.text_encoder, self.tokenizer, self.config.max_sequence_length, self.config.text_pooling
-            )
-        ]
-        if getattr(self, "text_encoder_2", None) is not None:
-            slots.append(
-                TextEncoderSlot(
-                    self.text_encoder_2,
-                    self.tokenizer_2,
-                    self.config.max_sequence_length_2,
-                    self.config.text_pooling_2,
-                )
-            )
+    def text_conditioner(self, max_sequence_length: int | None = None) -> TextConditioner:
+        """The pipeline's text encoders as the trainer's :class:`TextConditioner`.
+
+        ``max_sequence_length`` replaces the trained token length of the encoders that give the
+        token embeddings (``token_sources``); None keeps the trained lengths."""
+        sources = set(self.config.token_sources) | set(self.config.pooled_sources)
+        if "text_encoder_2" in sources:
+            sources.add("text_encoder")  # the conditioner's slots come in ENCODER_NAMES order
+        slots = []
+        for name, length_key, pooling_key in (
+            ("text_encoder", "max_sequence_length", "text_pooling"),
+            ("text_encoder_2", "max_sequence_length_2", "text_pooling_2"),
+        ):
+            encoder = getattr(self, name, None)
+            if encoder is None:
+                if name in sources:
+                    raise ValueError(
+                        f"this pipeline's conditioning uses {name} (token_sources="
+                        f"{self.config.token_sources}, pooled_sources={self.config.pooled_sources}) but it "
+                        "was loaded as None: load it, or pass prompt_embeds and pooled_prompt_embeds"
+                    )
+                break
+            tokenizer = getattr(self, name.replace("text_encoder", "tokenizer"))
+            length = self.config[length_key]
+            if max_sequence_length is not None and name in self.config.token_sources:
+                length = max_sequence_length
+            slots.append(TextEncoderSlot(encoder, tokenizer, length, self.config[pooling_key]))
         return TextConditioner(slots, self.config.token_sources, self.config.pooled_sources)
 
     def encode_prompt(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None,
         num_images_per_prompt: int = 1,
         device: torch.device | None = None,
-    ) -> TextEmbeddings:
-        """The trainer's text conditioning, repeated ``num_images_per_prompt`` times per prompt.
+        prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The trainer's text conditioning, repeated ``num_images_per_prompt`` times per prompt
+        (rows b*n .. b*n+n-1 belong to prompt b).
 
-        Returns TextEmbeddings(embeds [B*n, T, Dt], mask [B*n, T], pooled [B*n, Dp])."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        emb = self.text_conditioner().encode(prompts, device or self._execution_device)
-        return emb.repeat(num_images_per_prompt)
-
-    def conditioning(
-        self,
-        prompt: str | list[str] | None,
-        num_images_per_prompt: int,
-        prompt_embeds: torch.Tensor | None,
-        prompt_attention_mask: torch.Tensor | None,
-        pooled_prompt_embeds: torch.Tensor | None,
-        device: torch.device,
-    ) -> TextEmbeddings:
-        """Text conditioning from ``prompt`` or from precomputed embeddings, [B*n, ...] rows."""
+        With ``prompt_embeds`` given, no encoder runs: the embeddings (and their mask, all ones
+        when None) are only repeated. Returns the diffusers tuple
+        ``(prompt_embeds [B*n, T, Dt], prompt_attention_mask [B*n, T], pooled_prompt_embeds [B*n, Dp])``.
+        """
+        device = device or self._execution_device
         if prompt_embeds is None:
-            return self.encode_prompt(prompt, num_images_per_prompt, device)
-        mask = prompt_attention_mask
-        if mask is None:
-            mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
-        return TextEmbeddings(prompt_embeds, mask, pooled_prompt_embeds).repeat(num_images_per_prompt)
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            emb = self.text_conditioner(max_sequence_length).encode(prompts, device)
+        else:
+            mask = prompt_attention_mask
+            if mask is None:
+                mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
+            emb = TextEmbeddings(prompt_embeds, mask, pooled_prompt_embeds).to(device)
+        emb = emb.repeat(num_images_per_prompt)
+        return emb.embeds, emb.mask, emb.pooled
 
     def check_common_inputs(
         self,
@@ -120,6 +147,8 @@ class TextToImagePipeline(DiffusionPipeline):
         prompt_attention_mask: torch.Tensor | None,
         pooled_prompt_embeds: torch.Tensor | None,
         output_type: str,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        max_sequence_length: int | None = None,
     ) -> None:
         """The checks every t2i_drift pipeline makes before any work; errors name the argument."""
         factor = self.vae_scale_factor * self.transformer.config.patch_size
@@ -150,6 +179,39 @@ class TextToImagePipeline(DiffusionPipeline):
                 )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        unknown = [
+            k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs
+        ]
+        if unknown:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}"
+            )
+        if max_sequence_length is not None:
+            if not isinstance(max_sequence_length, int) or max_sequence_length < 1:
+                raise ValueError(f"max_sequence_length must be a positive int, got {max_sequence_length!r}")
+            for name in self.config.token_sources:
+                tokenizer = getattr(self, name.replace("text_encoder", "tokenizer"), None)
+                limit = getattr(tokenizer, "model_max_length", None)
+                if prompt is not None and limit is not None and limit < 1e6 and max_sequence_length > limit:
+                    raise ValueError(
+                        f"max_sequence_length={max_sequence_length} exceeds the {name} tokenizer's "
+                        f"model_max_length {limit}"
+                    )
+
+    def run_step_callback(
+        self,
+        callback: Callable[..., dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks | None,
+        tensor_inputs: list[str],
+        step: int,
+        timestep: torch.Tensor,
+        tensors: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """diffusers' ``callback_on_step_end(pipe, step, timestep, callback_kwargs)``: hands the
+        named ``tensors`` to the callback and returns them with whatever it replaced."""
+        if callback is None:
+            return tensors
+        outputs = callback(self, step, timestep, {k: tensors[k] for k in tensor_inputs}) or {}
+        return {**tensors, **{k: v for k, v in outputs.items() if k in tensors}}
 
     def default_size(self) -> int:
         """The trained image side in pixels."""
