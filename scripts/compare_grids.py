@@ -12,14 +12,14 @@ import torch
 from diffusers.utils import make_image_grid
 from PIL import Image, ImageDraw
 
-from t2i_drift import DriftingPipeline
+from t2i_drift import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", action="append", required=True, help="pipeline folder (repeat)")
+    parser.add_argument("--model", action="append", required=True, help="pipeline folder or Hub id (repeat)")
     parser.add_argument("--label", action="append", default=None, help="panel title, one per --model")
     parser.add_argument("--prompt", action="append", required=True)
     parser.add_argument("--num-images", type=int, default=4)
@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"got {len(args.model)} --model but {len(labels)} --label")
     panels = []
     for path, label in zip(args.model, labels, strict=True):
-        pipe = DriftingPipeline.from_pretrained(path)
+        try:
+            pipe = load_pipeline(path)
+        except ValueError as err:
+            parser.error(f"argument --model: {err}")
         pipe.set_progress_bar_config(disable=True)
         images = pipe(
             args.prompt,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,18 +41,32 @@ from t2i_drift.eval.cli import add_eval_arguments, settings_from_args
 from t2i_drift.eval.frechet import EffNetLite0Embedder
 from t2i_drift.eval.generation import default_steps, is_multi_step, load_for_eval, pipeline_resolution
 from t2i_drift.eval.suites import evaluate_pipeline, make_suite
+from t2i_drift.model_card import EXPORT_INFO, METRICS, flatten_metrics, write_model_card
+from t2i_drift.pipelines.loading import resolve_pipeline_folder, verify_hub_layout
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="exported pipeline folder")
+    parser.add_argument("--model", required=True, help="exported pipeline folder (either layout) or Hub id")
     add_eval_arguments(parser)
     parser.add_argument("--out", default=None, help="write the JSON here too")
+    parser.add_argument(
+        "--update-card",
+        action="store_true",
+        help="write the figures to <model>/metrics.json and render its model card again (a local export)",
+    )
     args = parser.parse_args(argv)
-    if not (Path(args.model) / "model_index.json").is_file():
-        parser.error(f"argument --model: {args.model!r} is not a pipeline folder (no model_index.json)")
+    local = Path(args.model).exists()
+    try:
+        args.model = str(resolve_pipeline_folder(args.model))
+    except ValueError as err:
+        parser.error(f"argument --model: {err}")
+    if args.update_card and not (local and (Path(args.model) / EXPORT_INFO).is_file()):
+        parser.error(
+            f"argument --update-card: {args.model!r} is not a local t2i_drift export (no {EXPORT_INFO})"
+        )
     settings = settings_from_args(parser, args)
     pipe = load_for_eval(args.model, args.device)
     if args.nfe is None:
@@ -72,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
+    if args.update_card:
+        folder = Path(args.model)
+        record = {
+            "description": f"Measured by `scripts/evaluate.py` on the built-in {args.data} data "
+            f"({settings.seeds} image(s) per caption, noise seed {settings.seed}, guidance scale "
+            f"{settings.guidance_scale}, {result['device']}):",
+            "command": "python scripts/evaluate.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "metrics": flatten_metrics(result),
+        }
+        (folder / METRICS).write_text(json.dumps(record, indent=2) + "\n")
+        card = write_model_card(folder, hub_layout=verify_hub_layout(folder))
+        print(f"wrote {folder / METRICS} and {card}")
     return 0
 
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from t2i_drift.eval.frechet import EffNetLite0Embedder
 from t2i_drift.eval.generation import default_steps, load_for_eval, pipeline_resolution, steps_kwargs
 from t2i_drift.eval.suites import EvalSettings, ShapesSuite
+from t2i_drift.pipelines.loading import resolve_pipeline_folder
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help="exported pipeline folder")
+    parser.add_argument("--model", required=True, help="exported pipeline folder (either layout) or Hub id")
     parser.add_argument("--split", choices=["train", "heldout"], default="heldout")
     parser.add_argument("--seeds", type=int, default=1, help="images per caption")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
@@ -38,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    if not (Path(args.model) / "model_index.json").is_file():
-        parser.error(f"argument --model: {args.model!r} is not a pipeline folder (no model_index.json)")
+    try:
+        args.model = str(resolve_pipeline_folder(args.model))
+    except ValueError as err:
+        parser.error(f"argument --model: {err}")
     for name in ("seeds", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"argument --{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")

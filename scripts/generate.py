@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Generate images with an exported DriftingPipeline (one forward pass per batch).
+"""Generate images with an exported pipeline (a folder in either layout, or a Hub id).
 
 python scripts/generate.py --model outputs/default/pipeline --prompt "teapot" --num-images 4 --out samples/
+
+Files are named <prompt index>_<prompt>_<image index>.png, so prompts that differ only in
+punctuation never overwrite each other.
 """
 
 import argparse
@@ -11,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers.utils import make_image_grid
 
-from t2i_drift import DriftingPipeline
+from t2i_drift import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,9 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--grid", default=None, help="also write one grid PNG here (a row per prompt)")
     args = parser.parse_args(argv)
-    if not Path(args.model).exists() and args.model.count("/") != 1:
-        parser.error(f"--model {args.model!r}: no such folder (and not a hub id of the form owner/name)")
-    pipe = DriftingPipeline.from_pretrained(args.model)
+    try:
+        pipe = load_pipeline(args.model)
+    except ValueError as err:
+        parser.error(f"argument --model: {err}")
     pipe.set_progress_bar_config(disable=True)
     try:
         images = pipe(
@@ -46,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
-        prompt = args.prompt[i // args.num_images]
-        slug = "".join(c if c.isalnum() else "_" for c in prompt)[:60]
-        path = out / f"{slug}_{i % args.num_images:02d}.png"
+        k = i // args.num_images
+        slug = "".join(c if c.isalnum() else "_" for c in args.prompt[k])[:60]
+        path = out / f"{k:02d}_{slug}_{i % args.num_images:02d}.png"
         image.save(path)
         print(path)
     if args.grid:

@@ -10,6 +10,7 @@ it does not import open_clip).
 
 from t2i_drift.models.mae_resnet import ResNetMAE
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
+from t2i_drift.pipelines.loading import load_pipeline
 from t2i_drift.pipelines.pipeline_drifting import DriftingPipeline
 from t2i_drift.pipelines.pipeline_flow_matching import FlowMatchingPipeline
 from t2i_drift.text.open_clip_text import OpenCLIPTextModel
@@ -22,4 +23,5 @@ __all__ = [
     "OpenCLIPTextModel",
     "ResNetMAE",
     "__version__",
+    "load_pipeline",
 ]

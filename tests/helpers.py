@@ -69,10 +69,15 @@ def tiny_convnext_dir(path) -> str:
     return str(path)
 
 
-def run_python(code: str, timeout: int = 300) -> str:
-    """Run ``code`` in a fresh interpreter (offline env inherited); return stdout, raise on failure."""
+def run_python(code: str, timeout: int = 300, cwd: str | None = None) -> str:
+    """Run ``code`` in a fresh interpreter (offline env inherited; in ``cwd`` if given); return
+    stdout, raise on failure."""
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
     )
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -1,8 +1,10 @@
 """Hub layout and upload: both diffusers entry points load our classes in a fresh process and give
-the same images; a dry run stages exactly the upload; the card carries the Hub metadata."""
+the same images; load_pipeline verifies the re-export files; nothing foreign is ever replaced; a
+dry run stages exactly the upload; the card carries the Hub metadata."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,12 @@ import pytest
 from helpers import run_python, tiny_pipeline
 from huggingface_hub import ModelCard
 
-from t2i_drift.hub import push_to_hub, render_model_card, write_hub_layout
+from t2i_drift import load_pipeline
+from t2i_drift.hub import push_to_hub, write_hub_layout
+from t2i_drift.model_card import render_model_card
+from t2i_drift.text import TextConditioner, TextEncoderSlot
 from t2i_drift.training.config import Config
+from t2i_drift.training.export import export_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,15 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     pipe = tiny_pipeline()
-    pipe.save_pretrained(root / "standard")
-    card = render_model_card(
-        Config().to_dict(),
-        generator_params=1,
-        steps=1,
-        repo_or_path=str(root / "standard"),
-        sample_grid="x.png",
-    )
-    card.save(root / "standard" / "README.md")
+    cfg = Config()
+    cfg.data.resolution, cfg.text.max_length, cfg.eval.samples_per_grid_prompt = 16, 16, 2
+    conditioner = TextConditioner([TextEncoderSlot(pipe.text_encoder, pipe.tokenizer, 16)])
+    run_info = {"device": "CPU", "num_processes": 1, "train_wall_s": 90.0}
+    export_pipeline(cfg, pipe.transformer, conditioner, root / "standard", steps=3, run_info=run_info)
     files = write_hub_layout(root / "standard", root / "hub")
     return root, files
 
@@ -115,9 +117,56 @@ def test_dry_run_stages_exactly_the_upload_and_points_the_card_at_the_repo(folde
     assert 'from_pretrained("someone/drifting-test"' in card.text
     assert str(root) not in card.text
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
-    assert card.data.license == "cc-by-sa-4.0" and "openmoji" in card.data.datasets
+    assert card.data.license == "cc-by-sa-4.0" and card.data.datasets is None  # OpenMoji is not a Hub dataset
     assert card.data.text_encoder == "sentence-transformers/all-MiniLM-L6-v2"
-    assert "trust_remote_code=True" in card.text and "![samples](x.png)" in card.text
+    assert "trust_remote_code=True" in card.text and "![samples](samples.png)" in card.text
+    assert card.data.widget[0]["output"]["url"] == "images/sample_0.png" and "images/sample_0.png" in files
+    assert "training: 3 steps on CPU, 2 min" in card.text
+
+
+def test_card_lists_a_hub_dataset_and_its_attribution():
+    cfg = Config().to_dict()
+    cfg["data"].update(name="hf", path="someone/captioned-cats")
+    card = render_model_card(cfg, {"steps": 5, "generator_params": 1000}, repo_or_path="me/m")
+    assert card.data.datasets == ["someone/captioned-cats"] and card.data.license == "other"
+    assert "huggingface.co/datasets/someone/captioned-cats" in card.text
+    cfg["data"].update(name="hf", path="/data/local_folder")
+    assert render_model_card(cfg, {"steps": 5}, repo_or_path="x").data.datasets is None
+
+
+def test_load_pipeline_trusts_only_our_re_exports(folders, tmp_path):
+    root, _ = folders
+    pipe = load_pipeline(root / "hub")  # no trust_remote_code needed: the files are verified
+    assert type(pipe).__name__ == "DriftingPipeline"
+    hacked = tmp_path / "hacked"
+    shutil.copytree(root / "hub", hacked)
+    shim = hacked / "transformer" / "transformer_drifting.py"
+    shim.write_text(shim.read_text() + "import os\n")
+    with pytest.raises(ValueError, match="transformer_drifting.py: not a t2i_drift re-export"):
+        load_pipeline(hacked)
+    (hacked / "extra.py").write_text("print('hi')\n")
+    with pytest.raises(ValueError, match="re-export"):
+        load_pipeline(hacked)
+    with pytest.raises(ValueError, match="no such folder, and not a Hub id"):
+        load_pipeline(tmp_path / "missing" / "deeper")
+
+
+def test_write_hub_layout_never_replaces_what_it_did_not_write(folders, tmp_path):
+    root, _ = folders
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a hub layout written by t2i_drift"):
+        write_hub_layout(root / "standard", foreign)
+    assert (foreign / "precious.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="outside the pipeline folder"):
+        write_hub_layout(root / "standard", root)  # would contain (and wipe) the source
+    with pytest.raises(ValueError, match="outside the pipeline folder"):
+        write_hub_layout(root / "standard", root / "standard" / "hub")
+    again = tmp_path / "again"
+    write_hub_layout(root / "standard", again)
+    write_hub_layout(root / "standard", again)  # its own previous output is replaced
+    assert (again / "model_index.json").is_file()
 
 
 def test_upload_calls_the_hub_api(folders, tmp_path, monkeypatch):

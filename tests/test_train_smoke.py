@@ -52,7 +52,57 @@ def test_model_card_has_metadata_usage_and_attribution(run_dir):
     assert card.data.library_name == "diffusers" and card.data.pipeline_tag == "text-to-image"
     assert card.data.license == "cc-by-sa-4.0"
     assert "OpenMoji" in card.text and "DriftingPipeline.from_pretrained" in card.text
-    assert "max_steps: 2" in card.text
+    assert "max_steps: 2" in card.text and "<details>" in card.text
+    assert "arxiv.org/abs/2602.04770" in card.text and "@article{deng2026drifting" in card.text
+    # Run-dependent, not hard-coded: its own prompts, steps and device; no dataset id that is not on the Hub.
+    prompts = load_config(RECIPE).eval.sample_prompts
+    assert f"pipe(\n    {json.dumps(prompts[0])}," in card.text
+    assert "training: 2 steps on CPU" in card.text and "minutes on a CPU" not in card.text
+    assert card.data.datasets is None
+    assert [w["text"] for w in card.data.widget] == prompts
+    from PIL import Image
+
+    for k, _ in enumerate(prompts):
+        assert Image.open(run_dir / PIPELINE_SUBDIR / "images" / f"sample_{k}.png").size[0] >= 256
+    grid = Image.open(run_dir / PIPELINE_SUBDIR / "samples.png")
+    cols = load_config(RECIPE).eval.samples_per_grid_prompt
+    assert grid.size[0] == cols * 128 and grid.size[1] > len(prompts) * 128  # upscaled, with label strips
+
+
+def test_evaluate_update_card_renders_metrics(run_dir, tmp_path):
+    import importlib.util
+
+    from huggingface_hub import ModelCard
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(run_dir / PIPELINE_SUBDIR, folder)
+    assert "## Metrics" not in (folder / "README.md").read_text()
+    spec = importlib.util.spec_from_file_location(
+        "evaluate", Path(__file__).parent.parent / "scripts" / "evaluate.py"
+    )
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    args = [
+        "--model",
+        str(folder),
+        "--num",
+        "4",
+        "--num-val",
+        "3",
+        "--seeds",
+        "2",
+        "--diversity-prompts",
+        "2",
+    ]
+    assert evaluate.main([*args, "--update-card"]) == 0
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert (
+        metrics["command"].startswith("python scripts/evaluate.py --model")
+        and "fd_gen_train" in metrics["metrics"]
+    )
+    card = ModelCard.load(folder / "README.md")
+    assert "## Metrics" in card.text and "| fd_gen_train |" in card.text and "--update-card" in card.text
+    assert f'from_pretrained("{run_dir / PIPELINE_SUBDIR}"' in card.text  # the snippets keep their target
 
 
 def test_exported_pipeline_loads_in_a_fresh_process(run_dir):
@@ -94,8 +144,8 @@ def test_generate_script_writes_pngs(run_dir, tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert len(list((tmp_path / "png").glob("teapot_*.png"))) == 3
-    assert len(list((tmp_path / "png").glob("rocket_*.png"))) == 3
+    assert len(list((tmp_path / "png").glob("00_teapot_*.png"))) == 3
+    assert len(list((tmp_path / "png").glob("01_rocket_*.png"))) == 3
     from PIL import Image
 
     assert Image.open(tmp_path / "g.png").size == (3 * 16, 2 * 16)
@@ -346,17 +396,20 @@ def test_export_checkpoint_ema_raw_and_bf16_variant(run_dir, tmp_path):
     assert bad.returncode == 2 and "not a checkpoint folder" in bad.stderr
 
 
-def test_model_card_usage_snippets_run(run_dir):
-    """Every python block of the exported card runs as written (in a fresh process)."""
+def test_model_card_usage_snippets_run(run_dir, tmp_path):
+    """Every python block of the card runs as written, in a fresh process, against the layout the
+    card ships in: the standard export, and the hub layout written from it."""
     import re
 
-    card = (run_dir / PIPELINE_SUBDIR / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
-    assert len(blocks) == 2 and 'from_pretrained("' in blocks[0]
-    # the second snippet uses the hub layout: run it on a hub-layout copy of the folder
     from t2i_drift.hub import write_hub_layout
 
-    hub = run_dir / "hub_layout_for_card"
+    hub = tmp_path / "hub"
     write_hub_layout(run_dir / PIPELINE_SUBDIR, hub)
-    run_python(blocks[0] + "\nassert len(images) == 4\n")
-    run_python(blocks[1].replace(str(run_dir / PIPELINE_SUBDIR), str(hub)) + "\nprint(type(pipe).__name__)\n")
+    for folder, expected in ((run_dir / PIPELINE_SUBDIR, "load_pipeline"), (hub, "DiffusionPipeline")):
+        card = (folder / "README.md").read_text()
+        blocks = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+        assert len(blocks) == 2 and f'from_pretrained("{folder}"' in blocks[0] and expected in blocks[1]
+        assert ("trust_remote_code=True" in blocks[0]) == (folder == hub)
+        for block in blocks:
+            out = run_python(block + "\nprint('RAN', type(pipe).__name__)\n", cwd=tmp_path)
+            assert "RAN DriftingPipeline" in out

@@ -2,10 +2,13 @@
 class its objective samples with: DriftingPipeline, or FlowMatchingPipeline for flow matching).
 
 Used at the end of training and by ``scripts/export_pipeline.py`` for any checkpoint. A pipeline
-folder holds the standard diffusers layout plus:
-    README.md              model card (huggingface_hub ModelCard from model_cards/)
+folder holds the standard diffusers layout plus what its model card is rendered from
+(t2i_drift/model_card.py):
+    README.md              model card
     training_config.yaml   the resolved run config
-    samples.png            a sample grid of the exported weights (shown in the card)
+    export_info.json       steps, generator size, where it trained, the sample prompts
+    samples.png            labelled, upscaled sample grid of the exported weights
+    images/sample_K.png    one image per sample prompt (the Hub widget)
 """
 
 from __future__ import annotations
@@ -16,10 +19,17 @@ from typing import Any
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.utils import make_image_grid
 from safetensors.torch import load_file
 
-from t2i_drift.hub import render_model_card
+from t2i_drift.model_card import (
+    EXPORT_INFO,
+    METRICS,
+    SAMPLE_GRID,
+    WIDGET_DIR,
+    labelled_grid,
+    upscaled,
+    write_model_card,
+)
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.models.vae import load_vae
 from t2i_drift.pipelines import DriftingPipeline, FlowMatchingPipeline, TextToImagePipeline
@@ -27,7 +37,7 @@ from t2i_drift.text.conditioner import TextConditioner
 from t2i_drift.training.builders import build_text_conditioner
 from t2i_drift.training.config import Config, config_from_dict, save_config
 
-SAMPLE_GRID_NAME = "samples.png"
+SAMPLE_GRID_NAME = SAMPLE_GRID
 _VARIANT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -63,8 +73,8 @@ def make_pipeline(
     return DriftingPipeline(guidance_scale_range=(1.0, alpha_max), **common)
 
 
-def sample_grid(pipe: TextToImagePipeline, cfg: Config, seed: int):
-    """Grid: one row per ``eval.sample_prompts`` entry, ``eval.samples_per_grid_prompt`` columns."""
+def sample_images(pipe: TextToImagePipeline, cfg: Config, seed: int) -> list[list[Any]]:
+    """``eval.samples_per_grid_prompt`` PIL images for each ``eval.sample_prompts`` entry."""
     n = cfg.eval.samples_per_grid_prompt
     steps = (
         {"num_inference_steps": cfg.objective.num_inference_steps}
@@ -78,7 +88,7 @@ def sample_grid(pipe: TextToImagePipeline, cfg: Config, seed: int):
         generator=torch.Generator().manual_seed(seed),
         **steps,
     ).images
-    return make_image_grid(images, rows=len(cfg.eval.sample_prompts), cols=n)
+    return [images[i * n : (i + 1) * n] for i in range(len(cfg.eval.sample_prompts))]
 
 
 def export_pipeline(
@@ -92,6 +102,7 @@ def export_pipeline(
     variant: str | None = None,
     repo_or_path: str | None = None,
     vae: Any = None,
+    run_info: dict[str, Any] | None = None,
 ) -> TextToImagePipeline:
     """Save a pipeline folder with model card, config and sample grid; returns the pipeline.
 
@@ -100,6 +111,7 @@ def export_pipeline(
             that dtype as a diffusers variant (``diffusion_pytorch_model.bf16.safetensors``), loaded
             with ``from_pretrained(..., variant="bf16", torch_dtype=torch.bfloat16)``.
         repo_or_path: what the card's usage snippet loads (default: ``out_dir``).
+        run_info: facts of the training run for the card (device, num_processes, train_wall_s).
     """
     if variant is not None and variant not in _VARIANT_DTYPES:
         raise ValueError(f"variant must be one of {sorted(_VARIANT_DTYPES)} or None, got {variant!r}")
@@ -113,16 +125,28 @@ def export_pipeline(
         low.load_state_dict(transformer.state_dict())
         low.to(_VARIANT_DTYPES[variant]).save_pretrained(out_dir / "transformer", variant=variant)
     save_config(cfg, out_dir / "training_config.yaml")
-    sample_grid(pipe, cfg, cfg.train.seed).save(out_dir / SAMPLE_GRID_NAME)
-    n_params = sum(p.numel() for p in transformer.parameters())
-    render_model_card(
-        cfg.to_dict(),
-        generator_params=n_params,
-        steps=steps,
-        repo_or_path=repo_or_path or str(out_dir),
-        metrics=metrics,
-        sample_grid=SAMPLE_GRID_NAME,
-    ).save(out_dir / "README.md")
+    rows = sample_images(pipe, cfg, cfg.train.seed)
+    labelled_grid(rows, list(cfg.eval.sample_prompts), cell=max(128, cfg.data.resolution)).save(
+        out_dir / SAMPLE_GRID_NAME
+    )
+    (out_dir / WIDGET_DIR).mkdir(exist_ok=True)
+    for k, row in enumerate(rows):
+        upscaled(row[0]).save(out_dir / WIDGET_DIR / f"sample_{k}.png")
+    info = {
+        "steps": steps,
+        "generator_params": sum(p.numel() for p in transformer.parameters()),
+        "prompts": list(cfg.eval.sample_prompts),
+        "guidance_scale": cfg.eval.guidance_scale,
+        "seed": cfg.train.seed,
+        **(run_info or {}),
+    }
+    (out_dir / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    metrics_path = out_dir / METRICS
+    if metrics:
+        metrics_path.write_text(json.dumps({"metrics": metrics}, indent=2) + "\n")
+    elif metrics_path.is_file():  # measured on the weights this export replaces
+        metrics_path.unlink()
+    write_model_card(out_dir, repo_or_path=repo_or_path or str(out_dir))
     return pipe
 
 

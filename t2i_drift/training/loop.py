@@ -229,6 +229,13 @@ def _samples_per_step(run: _Run) -> int:
     return run.objective.samples_per_step * run.accelerator.num_processes
 
 
+def _device_name(device: torch.device) -> str:
+    """A human name of the training device (the GPU model, or "CPU")."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type.upper()
+
+
 def _finish(run: _Run, wall: float) -> None:
     """Report skipped data from every process, export the EMA model, write the run summary."""
     accelerator = run.accelerator
@@ -244,7 +251,13 @@ def _finish(run: _Run, wall: float) -> None:
         accelerator.print(f"data: {skips.report()}")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        exported = run.objective.export(ema_copy(run.unwrapped, run.ema).eval(), run.out_dir, run.state.step)
+        run_info: dict[str, Any] = {"device": _device_name(accelerator.device)}
+        run_info["num_processes"] = accelerator.num_processes
+        if run.steps_this_run == run.state.step:  # a resumed run knows only its last session's time
+            run_info["train_wall_s"] = round(wall, 1)
+        exported = run.objective.export(
+            ema_copy(run.unwrapped, run.ema).eval(), run.out_dir, run.state.step, run_info
+        )
         summary = {
             "steps": run.state.step,
             "steps_this_run": run.steps_this_run,

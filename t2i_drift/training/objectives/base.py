@@ -104,6 +104,9 @@ class Objective(ABC):
 
     # -- end of run --------------------------------------------------------------------------
     @abstractmethod
-    def export(self, model: ModelMixin, output_dir: Path, steps: int) -> dict[str, Any]:
+    def export(
+        self, model: ModelMixin, output_dir: Path, steps: int, run_info: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Save the trained model (``model`` carries the EMA weights); main process only.
-        Returns entries for the run summary."""
+        ``run_info``: where and how long it trained (device, num_processes, train_wall_s), for
+        model cards. Returns entries for the run summary."""

@@ -144,7 +144,9 @@ class MAEObjective(Objective):
         stats["accuracy"] = (out.logits.argmax(dim=-1) == labels).float().mean()
         return ce + self.cfg.finetune.reconstruction_weight * out.loss, stats
 
-    def export(self, model: ResNetMAE, output_dir: Path, steps: int) -> dict[str, Any]:
+    def export(
+        self, model: ResNetMAE, output_dir: Path, steps: int, run_info: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         mae_dir = output_dir / MAE_SUBDIR
         model.save_pretrained(mae_dir)
         return {

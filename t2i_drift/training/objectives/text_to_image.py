@@ -89,9 +89,17 @@ class TextToImageObjective(Objective):
         prompts = self.cfg.train.batch_size
         return f"generator {n_params / 1e6:.2f}M params | {prompts} prompts per step per process"
 
-    def export(self, model: DriftingTransformer2DModel, output_dir: Path, steps: int) -> dict[str, Any]:
+    def export(
+        self,
+        model: DriftingTransformer2DModel,
+        output_dir: Path,
+        steps: int,
+        run_info: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         pipe_dir = output_dir / PIPELINE_SUBDIR
-        export_pipeline(self.cfg, model, self.conditioner, pipe_dir, steps=steps, vae=self.vae)
+        export_pipeline(
+            self.cfg, model, self.conditioner, pipe_dir, steps=steps, vae=self.vae, run_info=run_info
+        )
         # The same grid, kept with the run's other sample grids.
         (output_dir / "samples").mkdir(exist_ok=True)
         shutil.copyfile(pipe_dir / SAMPLE_GRID_NAME, output_dir / "samples" / f"step-{steps}.png")
