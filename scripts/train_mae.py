@@ -12,12 +12,14 @@ in <output_dir>/mae; use it as a frozen drifting feature encoder with
 import sys
 
 from t2i_drift.training.cli import run_training_cli
-from t2i_drift.training.mae_config import load_mae_config
+from t2i_drift.training.mae_config import MAEConfig, load_mae_config
 from t2i_drift.training.runs import train_mae
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_cli(__doc__, load_mae_config, train_mae, argv, example="model.width=32")
+    return run_training_cli(
+        __doc__, load_mae_config, train_mae, argv, example="model.width=32", config_cls=MAEConfig
+    )
 
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ DriftingPipeline.from_pretrained.
 import sys
 
 from t2i_drift.training.cli import run_training_cli
-from t2i_drift.training.config import load_config
+from t2i_drift.training.config import Config, load_config
 from t2i_drift.training.runs import train_t2i
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_training_cli(__doc__, load_config, train_t2i, argv, example="train.batch_size=16")
+    return run_training_cli(
+        __doc__, load_config, train_t2i, argv, example="train.batch_size=16", config_cls=Config
+    )
 
 
 if __name__ == "__main__":

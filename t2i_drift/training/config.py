@@ -35,7 +35,9 @@ class DataConfig:
     arrow files (a glob works). ``webdataset``: shard URL(s): a path, a brace pattern
     ``shards/{000000..000099}.tar``, ``a::b`` lists, ``pipe:<command>`` or http(s) URLs."""
     split: str = "train"
+    """``hf``: the dataset split to train on."""
     image_column: str = "image"
+    """``hf``: the column holding the images."""
     caption_columns: list[str] = field(default_factory=lambda: ["text"])
     """One or several caption columns; with several, each row uses one picked at random (seeded)."""
     streaming: bool = False
@@ -54,11 +56,13 @@ class DataConfig:
     min_size: int = 8
     """``hf`` and ``webdataset``: images whose shorter side is smaller are skipped (and reported)."""
     resolution: int = 32
+    """Training images are resized (shorter side) and centre-cropped to this square side in pixels."""
     val_fraction: float = 0.05
     """Share of captions held out (by caption hash) as the validation split."""
     max_samples: int | None = None
     """Keep only the first N training pairs (tests, quick runs); streamed ``hf``: per process."""
     num_workers: int = 0
+    """DataLoader worker processes for decoding (0: in the training process)."""
     renders_per_scene: int = 4
     """``shapes`` only: jittered renders of each scene (its 788 training scenes x this)."""
 
@@ -68,6 +72,7 @@ class ModelConfig:
     preset: str = "XS"
     """Named size from ``DRIFTING_PRESETS`` (tiny, XS, S, M, B, L)."""
     patch_size: int = 4
+    """Side of the square patch each token covers (pixels, or latent cells with ``model.vae``)."""
     text_attention: TextAttention = "cross"
     """``cross``: image tokens cross-attend to the text tokens in every block; ``joint``: text
     tokens join the sequence (single-stream self-attention)."""
@@ -96,6 +101,7 @@ class TextConfig:
     subfolder: str | None = None
     """The encoder's folder inside a pipeline repository, e.g. ``text_encoder``."""
     max_length: int = 32
+    """Text tokens (padding and truncation length) of ``text.encoder``."""
     pooling: PoolingName = "auto"
     """``auto``: the pooled output for CLIP and open_clip, the L2-normalized masked mean otherwise."""
     pretrained: str | None = None
@@ -108,10 +114,15 @@ class TextConfig:
     """An optional second encoder (``text_encoder_2``), e.g. CLIP next to a T5, or an open_clip
     bigG next to CLIP-L as in SDXL."""
     subfolder_2: str | None = None
+    """``subfolder`` of ``text.encoder_2``."""
     max_length_2: int = 77
+    """``max_length`` of ``text.encoder_2``."""
     pooling_2: PoolingName = "auto"
+    """``pooling`` of ``text.encoder_2``."""
     pretrained_2: str | None = None
+    """``pretrained`` of ``text.encoder_2`` (open_clip only)."""
     layer_2: TextLayerName = "last"
+    """``layer`` of ``text.encoder_2`` (open_clip only)."""
     token_sources: list[TextEncoderName] = field(default_factory=lambda: ["text_encoder"])
     """Encoders whose token embeddings condition the generator (concatenated along the sequence)."""
     pooled_sources: list[TextEncoderName] = field(default_factory=lambda: ["text_encoder"])
@@ -220,6 +231,7 @@ class ObjectiveConfig:
     logit_mean: float = 0.0
     """``flow_matching``, logit-normal: s = sigmoid(n), n ~ N(logit_mean, logit_std^2)."""
     logit_std: float = 1.0
+    """``flow_matching``, logit-normal: the spread of n."""
     caption_dropout: float = 0.0
     """``flow_matching``: fraction of training captions replaced by the empty caption, so the model
     also learns the unconditional flow and samples with classifier-free guidance (> 0 enables it)."""
@@ -232,9 +244,13 @@ class DriftConfig:
     samples_per_prompt: int = 4
     """G generated samples per prompt (>= 2): the self-masked negatives of each group."""
     temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.2])
+    """Kernel temperatures tau (relative to each key's normalized scale); their fields are summed."""
     alpha_max: float = 4.0
+    """Largest guidance alpha sampled in training (the pipeline's ``guidance_scale`` range is [1, this])."""
     alpha_power: float = 3.0
+    """Alpha is drawn with density proportional to alpha^-power on [1, alpha_max]."""
     alpha_fraction_at_one: float = 0.0
+    """Share of prompts trained at alpha = 1 exactly (no guidance)."""
     memory_budget_mb: float | None = 2048.0
     """Working memory of the field evaluation (MiB): groups are processed in chunks that fit. The
     result does not depend on it (t2i_drift/drifting/chunking.py); null evaluates in one chunk."""
@@ -260,14 +276,20 @@ class DriftConfig:
 @dataclass
 class OptimConfig:
     learning_rate: float = 1e-3
+    """AdamW peak learning rate (constant after the warm-up)."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """AdamW (beta1, beta2)."""
     weight_decay: float = 0.01
+    """AdamW decoupled weight decay, on matrices only (not on norms, biases and embeddings)."""
     warmup_steps: int = 100
+    """Optimizer steps of the linear learning-rate warm-up."""
     warmup_start_lr: float | None = None
     """Learning rate of the first optimizer step; the warm-up is linear from it to
     ``learning_rate``. Null: ``learning_rate / warmup_steps``. The official release: 1e-6."""
     max_grad_norm: float = 2.0
+    """Clip the global gradient norm to this (0: no clipping)."""
     ema_decay: float = 0.999
+    """Decay of the exported EMA of the weights."""
     ema_warmup: bool = True
     """Ramp the EMA decay up as 1 - (1 + step)^(-2/3) so short runs get a useful average."""
 
@@ -277,18 +299,47 @@ class TrainConfig:
     """What the training loop (training/loop.py) reads, for every kind of run."""
 
     output_dir: str = "outputs/default"
+    """Run folder: config, logs, checkpoints, validation grids and the exported pipeline."""
     batch_size: int = 16
     """Samples per step per process (text-to-image: prompts, each drawing
     ``drift.samples_per_prompt`` generated samples)."""
     max_steps: int = 1000
     """Optimizer steps (MAE runs: pretraining steps; the fine-tune steps come after these)."""
     seed: int = 0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Seed of every random draw (data order, noise, initialization)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = None
+    """Autocast precision. Null: the launcher's choice (``accelerate config`` or ``accelerate launch
+    --mixed_precision``, default no); a value here overrides the launcher."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step. Each micro-batch computes its own drifting field (its
+    prompts' groups and in-batch negatives): accumulation averages k fields of ``batch_size``
+    prompts, it is not one field over k x ``batch_size`` prompts (docs/method.md)."""
     checkpointing_steps: int = 250
+    """Save a resumable checkpoint every N optimizer steps (and at the end)."""
     checkpoints_total_limit: int | None = 2
+    """Keep only the newest N checkpoints; null keeps all."""
     resume_from_checkpoint: str | None = None
     """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
     log_every: int = 10
+    """Average the step statistics over N steps per log line (metrics.jsonl and trackers)."""
+    report_to: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)
+    """Trackers (through Accelerate) that receive the logged statistics and validation grids;
+    ``tensorboard`` writes to ``<output_dir>/logs``. Empty: metrics.jsonl only."""
+    tracker_project: str = "t2i_drift"
+    """Project name the trackers file the run under."""
+    validation_prompts: list[str] = field(default_factory=list)
+    """Prompts rendered every ``validation_steps`` as a labelled grid (PNG under
+    ``<output_dir>/validation/`` and the trackers). Empty: no validation."""
+    validation_steps: int = 250
+    """Optimizer steps between validation grids (and one at the end)."""
+    num_validation_images: int = 4
+    """Images per validation prompt (one column each)."""
+    push_to_hub: bool = False
+    """Upload the exported pipeline (hub layout) to ``hub_model_id`` when training ends."""
+    hub_model_id: str | None = None
+    """``owner/name`` of the Hub repository ``push_to_hub`` uploads to."""
+    hub_private: bool = False
+    """Create the Hub repository private."""
 
 
 @dataclass
@@ -305,8 +356,11 @@ class EvalConfig:
             "pizza",
         ]
     )
+    """Prompts of the exported pipeline's sample grid and model-card widget."""
     samples_per_grid_prompt: int = 4
+    """Images per prompt (columns) of the sample grid."""
     guidance_scale: float = 1.0
+    """Guidance scale of the sample grid and validation images."""
 
 
 @dataclass
@@ -358,7 +412,12 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             d.memory_budget_mb is None or d.memory_budget_mb > 0,
             "must be positive or null",
         ),
-        ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
+        *train_checks(cfg.train),
+        (
+            "train.validation_prompts",
+            not cfg.train.validation_prompts or all(p.strip() for p in cfg.train.validation_prompts),
+            "must not contain empty prompts",
+        ),
         ("optim.learning_rate", cfg.optim.learning_rate > 0, "must be > 0"),
         (
             "optim.warmup_start_lr",
@@ -402,6 +461,31 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
     check_ranges(cfg, source, checks)
+
+
+def train_checks(t: TrainConfig) -> list[tuple[str, bool, str]]:
+    """Checks of the ``train`` section, shared by every run type."""
+    hub_id = t.hub_model_id or ""
+    return [
+        ("train.output_dir", bool(t.output_dir.strip()), "must be a folder path, got an empty string"),
+        ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
+        ("train.max_steps", t.max_steps >= 1, "must be >= 1"),
+        ("train.checkpointing_steps", t.checkpointing_steps >= 1, "must be >= 1"),
+        (
+            "train.checkpoints_total_limit",
+            t.checkpoints_total_limit is None or t.checkpoints_total_limit >= 1,
+            "must be >= 1 or null (keep all)",
+        ),
+        ("train.log_every", t.log_every >= 1, "must be >= 1"),
+        ("train.gradient_accumulation_steps", t.gradient_accumulation_steps >= 1, "must be >= 1"),
+        ("train.validation_steps", t.validation_steps >= 1, "must be >= 1"),
+        ("train.num_validation_images", t.num_validation_images >= 1, "must be >= 1"),
+        (
+            "train.hub_model_id",
+            not t.push_to_hub or (hub_id.count("/") == 1 and all(hub_id.split("/"))),
+            "must be owner/name when train.push_to_hub is true",
+        ),
+    ]
 
 
 def _open_clip_checks(text: TextConfig) -> list[tuple[str, bool, str]]:

@@ -1,34 +1,41 @@
 """The one Accelerate training loop; what it trains is an :class:`Objective` (objectives/base.py).
 
     data source -> objective.build (frozen parts + trainable model) -> AdamW + warm-up schedule
-    -> for each step: objective.loss -> backward -> clip -> step -> EMA
-       -> metrics (averaged over the log window) -> checkpoint
+    -> for each optimizer step: train.gradient_accumulation_steps micro-batches, each
+       objective.loss -> backward (gradients synchronized on the last one only) -> clip -> step -> EMA
+       -> metrics (averaged over the log window; to metrics.jsonl and the trackers)
+       -> checkpoint -> validation grid
     -> objective.export(EMA model) -> run summary
 
 Output folder layout (``train.output_dir``); objectives add their own exports:
     config.yaml                 resolved run config
     logs/metrics.jsonl          one JSON line per logged window
+    logs/<tracker_project>/     TensorBoard events (train.report_to: [tensorboard])
     checkpoints/checkpoint-N/   resumable state (safetensors + JSON, training/checkpoint.py)
+    validation/step-N.png       validation grids (train.validation_prompts)
     run_summary.json            steps, wall time, throughput, peak memory, skipped data
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from t2i_drift.data.images import SkipLog
 from t2i_drift.data.source import DataSource
+from t2i_drift.model_card import labelled_grid
 from t2i_drift.training.builders import build_optimizer, build_source
 from t2i_drift.training.checkpoint import TrainerState, resume_if_requested, save_and_prune
 from t2i_drift.training.config import save_config
@@ -87,9 +94,12 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
     out_dir = Path(cfg.train.output_dir)
     seed = cfg.train.seed
     source = build_source(cfg.data, cfg.train.batch_size, seed)
+    report_to = list(cfg.train.report_to)
     accelerator = Accelerator(
+        # None: the launcher's choice (accelerate config / accelerate launch --mixed_precision).
         mixed_precision=cfg.train.mixed_precision,
-        project_dir=str(out_dir),
+        log_with=report_to or None,
+        project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
         kwargs_handlers=objective.prepare_run(source),
     )
@@ -97,6 +107,8 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
     if accelerator.is_main_process:
         (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
+    if report_to:
+        accelerator.init_trackers(cfg.train.tracker_project, config=tracker_config(cfg.to_dict()))
     # The loop's own generator for every random draw of a step (noise, alpha, style, masks):
     # nothing else consumes it, so a resumed run continues the exact stream (libraries may draw
     # from the global RNG at any time).
@@ -130,22 +142,17 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
     )
 
 
-def _run_epochs(run: _Run, progress: tqdm, t_start: float) -> None:
-    """Steps until ``objective.total_steps``, epoch after epoch, resuming inside an epoch."""
-    state, total = run.state, run.objective.total_steps
-    while state.step < total:
-        steps_before = state.step
+def _micro_batches(run: _Run) -> Iterator[dict]:
+    """Batches from the saved (epoch, batch) position on, epoch after epoch; ``run.state`` counts
+    what has been consumed, so a checkpoint taken between two optimizer steps resumes exactly."""
+    state = run.state
+    while True:
+        started_empty, produced = state.batches_in_epoch == 0, False
         for batch in run.source.batches(state.epoch, state.batches_in_epoch):
-            lr = _step(run, batch)
-            state.step += 1
+            produced = True
             state.batches_in_epoch += 1
-            run.steps_this_run += 1
-            progress.update(1)
-            _maybe_log(run, lr, progress, t_start)
-            _maybe_checkpoint(run)
-            if state.step >= total:
-                return
-        if state.step == steps_before and not state.batches_in_epoch:
+            yield batch
+        if started_empty and not produced:
             raise ValueError(
                 f"data: an epoch produced no complete batch of {run.cfg.train.batch_size} usable "
                 f"samples on process {run.accelerator.process_index} ({run.source.name}; "
@@ -155,28 +162,54 @@ def _run_epochs(run: _Run, progress: tqdm, t_start: float) -> None:
         state.batches_in_epoch = 0
 
 
-def _step(run: _Run, batch: dict) -> float:
-    """One optimizer step; returns the learning rate it used."""
+def _run_epochs(run: _Run, progress: tqdm, t_start: float) -> None:
+    """Optimizer steps until ``objective.total_steps``, each over ``gradient_accumulation_steps``
+    micro-batches (an epoch boundary may fall inside a step)."""
+    state, total = run.state, run.objective.total_steps
+    accumulation = run.cfg.train.gradient_accumulation_steps
+    stream = _micro_batches(run)
+    while state.step < total:
+        lr = _step(run, [next(stream) for _ in range(accumulation)])
+        state.step += 1
+        run.steps_this_run += 1
+        progress.update(1)
+        _maybe_log(run, lr, progress, t_start)
+        _maybe_checkpoint(run)
+        _maybe_validate(run)
+
+
+def _step(run: _Run, micro_batches: list[dict]) -> float:
+    """One optimizer step over ``micro_batches``; returns the learning rate it used.
+
+    Each micro-batch's loss is backpropagated at 1/k weight; in distributed runs the gradients
+    are all-reduced once, with the last micro-batch. Logged statistics are micro-batch means."""
     run.objective.begin_step(run.state.step, run.unwrapped, run.ema)
-    loss, stats = run.objective.loss(run.model, batch, run.state.step)
-    if not torch.isfinite(loss):  # the one device sync per step: never step on a NaN
-        values = {k: float(v) for k, v in stats.items()}
-        raise FloatingPointError(
-            f"non-finite {run.objective.name} loss {loss.item()} at step {run.state.step + 1} "
-            f"(stats: {values})"
-        )
-    run.accelerator.backward(loss)
-    stats["loss"] = loss.detach()
+    k = len(micro_batches)
+    totals: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(micro_batches):
+        sync = contextlib.nullcontext() if i == k - 1 else run.accelerator.no_sync(run.model)
+        with sync:
+            loss, stats = run.objective.loss(run.model, batch, run.state.step)
+            if not torch.isfinite(loss):  # the one device sync per micro-batch: never step on a NaN
+                values = {key: float(v) for key, v in stats.items()}
+                raise FloatingPointError(
+                    f"non-finite {run.objective.name} loss {loss.item()} at step {run.state.step + 1} "
+                    f"(stats: {values})"
+                )
+            run.accelerator.backward(loss / k)
+        stats["loss"] = loss.detach()
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value.detach().float() / k
     lr = run.optimizer.param_groups[0]["lr"]
     max_norm = run.cfg.optim.max_grad_norm
     if max_norm > 0:
-        stats["grad_norm"] = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
+        totals["grad_norm"] = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm).float()
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.ema.step(run.unwrapped.parameters())
-    for key, value in stats.items():  # device tensors: no sync until the log step
-        run.window[key] = run.window.get(key, 0.0) + value.detach().float()
+    for key, value in totals.items():  # device tensors: no sync until the log step
+        run.window[key] = run.window.get(key, 0.0) + value
     run.window_steps += 1
     return lr
 
@@ -199,17 +232,19 @@ def _maybe_log(run: _Run, lr: float, progress: tqdm, t_start: float) -> None:
     if phase is not None:
         line["phase"] = phase
     run.window, run.window_steps = {}, 0
-    progress.set_postfix(loss=f"{line['loss']:.4f}")
+    progress.set_postfix(objective.progress_stats(line))
     if run.accelerator.is_main_process:
         with (run.out_dir / "logs" / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(line) + "\n")
+    if run.cfg.train.report_to:
+        run.accelerator.log(objective.tracker_stats(line), step=step)
 
 
 def _maybe_checkpoint(run: _Run) -> None:
     step = run.state.step
     if step % run.cfg.train.checkpointing_steps and step != run.objective.total_steps:
         return
-    save_and_prune(
+    path = save_and_prune(
         run.accelerator,
         run.out_dir / "checkpoints",
         run.cfg.train.checkpoints_total_limit,
@@ -222,11 +257,76 @@ def _maybe_checkpoint(run: _Run) -> None:
         generators={"train": run.rng},
         model_subfolder=run.objective.model_subfolder,
     )
+    run.accelerator.print(f"saved {path.name} ({path})")
+
+
+def _maybe_validate(run: _Run) -> None:
+    """Every ``train.validation_steps`` (and at the end): render ``train.validation_prompts`` with
+    the EMA weights (what the export will hold) as a labelled grid, save it as
+    ``validation/step-N.png`` and send it to the trackers. Main process only."""
+    train, step = run.cfg.train, run.state.step
+    if not train.validation_prompts or not run.accelerator.is_main_process:
+        return
+    if step % train.validation_steps and step != run.objective.total_steps:
+        return
+    params = list(run.unwrapped.parameters())
+    run.ema.store(params)
+    run.ema.copy_to(params)
+    try:
+        rows = run.objective.validation_images(
+            run.unwrapped, list(train.validation_prompts), train.num_validation_images, train.seed
+        )
+    finally:
+        run.ema.restore(params)
+    if rows is None:
+        return
+    grid = labelled_grid(rows, list(train.validation_prompts), cell=max(128, run.cfg.data.resolution))
+    (run.out_dir / "validation").mkdir(exist_ok=True)
+    path = run.out_dir / "validation" / f"step-{step}.png"
+    grid.save(path)
+    run.accelerator.print(f"validation grid: {path}")
+    for tracker in run.accelerator.trackers:
+        log_image(tracker, "validation", grid, step)
+
+
+def log_image(tracker: Any, name: str, image: Any, step: int) -> None:
+    """Send one PIL image to an Accelerate tracker, in the form each tracker expects."""
+    import numpy as np
+
+    if tracker.name == "tensorboard":
+        tracker.writer.add_image(name, np.asarray(image), step, dataformats="HWC")
+        tracker.writer.flush()
+    elif tracker.name == "wandb":
+        import wandb
+
+        tracker.log({name: wandb.Image(image)}, step=step)
+    elif tracker.name == "trackio":
+        import trackio
+
+        tracker.log({name: trackio.Image(image)}, step=step)
+
+
+def tracker_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The run config flattened to ``section.key`` scalars (what TensorBoard's hparams accept)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(tracker_config(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:  # lists and null
+            flat[name] = json.dumps(value)
+    return flat
 
 
 def _samples_per_step(run: _Run) -> int:
-    """Samples per step over all processes."""
-    return run.objective.samples_per_step * run.accelerator.num_processes
+    """Samples per optimizer step over all processes and micro-batches."""
+    return (
+        run.objective.samples_per_step
+        * run.accelerator.num_processes
+        * run.cfg.train.gradient_accumulation_steps
+    )
 
 
 def _device_name(device: torch.device) -> str:
@@ -264,6 +364,8 @@ def _finish(run: _Run, wall: float) -> None:
             "train_wall_s": wall,
             "samples_per_s": run.steps_this_run * _samples_per_step(run) / max(wall, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
+            "mixed_precision": accelerator.mixed_precision,
+            "gradient_accumulation_steps": run.cfg.train.gradient_accumulation_steps,
             "model_params": sum(p.numel() for p in run.unwrapped.parameters()),
             "data_skipped": skips.to_dict(),
             **exported,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from t2i_drift.training.config import DataConfig, OptimConfig, TrainConfig
+from t2i_drift.training.config import DataConfig, OptimConfig, TrainConfig, train_checks
 from t2i_drift.training.strict_config import check_ranges, load_tree
 
 
@@ -30,6 +30,7 @@ class MAEModelConfig:
     mask_patch_size: int = 2
     """Side of a masked square in stem cells (2: the paper's 2x2 patches)."""
     mask_ratio: float = 0.5
+    """Share of the masked squares hidden from the encoder in pretraining."""
     norm_num_groups: int = 32
     """GroupNorm groups; must divide ``width`` and ``decoder_width``."""
     decoder_width: int | None = None
@@ -115,10 +116,7 @@ def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
             m.vae is not None or cfg.data.resolution % cell == 0,
             f"must be divisible by model.stem_patch_size * model.mask_patch_size = {cell}",
         ),
-        ("train.batch_size", t.batch_size >= 1, "must be >= 1"),
-        ("train.max_steps", t.max_steps >= 1, "must be >= 1"),
-        ("train.checkpointing_steps", t.checkpointing_steps >= 1, "must be >= 1"),
-        ("train.log_every", t.log_every >= 1, "must be >= 1"),
+        *train_checks(t),
         ("finetune.steps", cfg.finetune.steps >= 0, "must be >= 0"),
         (
             "augment.crop_scale",

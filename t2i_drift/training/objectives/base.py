@@ -102,6 +102,22 @@ class Objective(ABC):
         """The loss of one batch (the loop calls backward) and scalars to log, as 0-d device
         tensors (the loop converts them once per logged window)."""
 
+    # -- reporting ---------------------------------------------------------------------------
+    def progress_stats(self, line: dict[str, float]) -> dict[str, str]:
+        """What the progress bar shows of a logged window: a quantity that converges."""
+        return {"loss": f"{line['loss']:.4f}"}
+
+    def tracker_stats(self, line: dict[str, float]) -> dict[str, float]:
+        """What goes to the trackers of a logged window (metrics.jsonl keeps every statistic)."""
+        return {f"train/{k}": v for k, v in line.items() if k != "step" and isinstance(v, (int, float))}
+
+    def validation_images(
+        self, model: ModelMixin, prompts: list[str], images_per_prompt: int, seed: int
+    ) -> list[list[Any]] | None:
+        """``images_per_prompt`` PIL images per prompt made by ``model`` (unwrapped, with the EMA
+        weights), for the validation grid; None: this objective has no images to show."""
+        return None
+
     # -- end of run --------------------------------------------------------------------------
     @abstractmethod
     def export(

@@ -71,6 +71,31 @@ class DriftingObjective(TextToImageObjective):
             features = self.features(images)  # key -> [B*(P-1), L, D]
         return {k: v.view(B, -1, *v.shape[1:]) for k, v in features.items()}
 
+    def progress_stats(self, line: dict[str, float]) -> dict[str, str]:
+        """The raw squared field summed over every key and temperature: it falls as the samples
+        reach the data (the normalized loss stays near its per-key target by design)."""
+        v2 = sum(v for k, v in line.items() if "/v2/" in k)
+        return {"V2": f"{v2:.4g}", "loss": f"{line['loss']:.3f}"}
+
+    def tracker_stats(self, line: dict[str, float]) -> dict[str, float]:
+        """loss, lr, grad norm, throughput, mean alpha, and per feature encoder: the raw V^2 of
+        each temperature summed over the encoder's keys, and the mean spread of its keys."""
+        out = {f"train/{k}": line[k] for k in ("loss", "lr", "grad_norm", "samples_per_s") if k in line}
+        if "alpha_mean" in line:
+            out["drift/alpha_mean"] = line["alpha_mean"]
+        spreads: dict[str, list[float]] = {}
+        for key, value in line.items():
+            encoder = key.split("/", 1)[0]
+            if "/v2/" in key:
+                name = f"drift/{encoder}/v2/{key.rsplit('/', 1)[-1]}"
+                out[name] = out.get(name, 0.0) + value
+                out["drift/v2"] = out.get("drift/v2", 0.0) + value
+            elif key.endswith("/spread"):
+                spreads.setdefault(encoder, []).append(value)
+        for encoder, values in spreads.items():
+            out[f"drift/{encoder}/spread"] = sum(values) / len(values)
+        return out
+
     def loss(
         self, model: torch.nn.Module, batch: dict, step: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -22,7 +22,7 @@ from t2i_drift.text.cache import default_cache_dir
 from t2i_drift.training.batch_inputs import BatchInputs, producers
 from t2i_drift.training.builders import build_text_conditioner, build_transformer
 from t2i_drift.training.config import Config
-from t2i_drift.training.export import SAMPLE_GRID_NAME, export_pipeline
+from t2i_drift.training.export import SAMPLE_GRID_NAME, export_pipeline, make_pipeline
 from t2i_drift.training.objectives.base import Objective
 
 PIPELINE_SUBDIR = "pipeline"
@@ -88,6 +88,29 @@ class TextToImageObjective(Objective):
         n_params = sum(p.numel() for p in model.parameters())
         prompts = self.cfg.train.batch_size
         return f"generator {n_params / 1e6:.2f}M params | {prompts} prompts per step per process"
+
+    @torch.no_grad()
+    def validation_images(
+        self, model: DriftingTransformer2DModel, prompts: list[str], images_per_prompt: int, seed: int
+    ) -> list[list[Any]]:
+        """The exported pipeline's images for ``prompts``, made with ``model`` as it is now."""
+        pipe = make_pipeline(self.cfg, model, self.conditioner, self.vae)
+        pipe.set_progress_bar_config(disable=True)
+        was_training = model.training
+        model.eval()
+        try:
+            kwargs = {"guidance_scale": self.cfg.eval.guidance_scale}
+            if self.cfg.objective.name == "flow_matching":
+                kwargs["num_inference_steps"] = self.cfg.objective.num_inference_steps
+            images = pipe(
+                prompts,
+                num_images_per_prompt=images_per_prompt,
+                generator=torch.Generator().manual_seed(seed),
+                **kwargs,
+            ).images
+        finally:
+            model.train(was_training)
+        return [images[i * images_per_prompt : (i + 1) * images_per_prompt] for i in range(len(prompts))]
 
     def export(
         self,
