@@ -75,6 +75,14 @@ def test_flow_matching_euler_steps_follow_the_learned_velocity(runs):
     torch.testing.assert_close(one, noise - v)
     four = pipe("teapot", num_inference_steps=4, latents=noise, output_type="latent").images
     assert not torch.allclose(one, four)
+    steps = []
+    pipe(
+        "teapot",
+        num_inference_steps=4,
+        latents=noise,
+        callback_on_step_end=lambda p, i, t, kw: steps.append(i) or {},
+    )
+    assert steps == [0, 1, 2, 3] and pipe.num_timesteps == 4
     guided = pipe(
         "teapot", num_inference_steps=4, latents=noise, guidance_scale=3.0, output_type="latent"
     ).images

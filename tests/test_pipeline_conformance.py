@@ -221,3 +221,12 @@ def test_batch_matches_single_prompt_calls_with_per_image_generators(pipe):
     )
     one = _np(pipe, prompt="rocket", generator=[torch.Generator().manual_seed(4)])
     np.testing.assert_allclose(batch[1:], one, atol=1e-5)
+
+
+def test_low_precision_loading_matches_fp32(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    low = DriftingPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    low.set_progress_bar_config(disable=True)
+    assert low.transformer.dtype == torch.bfloat16 and low.text_encoder.dtype == torch.bfloat16
+    a, b = _np(low, prompt="teapot"), _np(pipe, prompt="teapot")
+    assert a.dtype == np.float32 and np.abs(a - b).max() < 0.05

@@ -413,3 +413,49 @@ def test_model_card_usage_snippets_run(run_dir, tmp_path):
         for block in blocks:
             out = run_python(block + "\nprint('RAN', type(pipe).__name__)\n", cwd=tmp_path)
             assert "RAN DriftingPipeline" in out
+
+
+def test_scripts_load_a_hub_layout_folder(run_dir, tmp_path):
+    """generate.py, compare_grids.py and evaluate_shapes.py take a hub-layout folder as --model."""
+    import subprocess
+    import sys
+
+    from t2i_drift.hub import write_hub_layout
+
+    hub = tmp_path / "hub"
+    write_hub_layout(run_dir / PIPELINE_SUBDIR, hub)
+    scripts = Path(__file__).parent.parent / "scripts"
+    commands = [
+        [
+            "generate.py",
+            "--model",
+            str(hub),
+            "--prompt",
+            "teapot",
+            "--num-images",
+            "1",
+            "--out",
+            str(tmp_path / "g"),
+        ],
+        [
+            "compare_grids.py",
+            "--model",
+            str(hub),
+            "--prompt",
+            "teapot",
+            "--num-images",
+            "1",
+            "--out",
+            str(tmp_path / "c.png"),
+        ],
+        ["evaluate_shapes.py", "--model", str(hub), "--max-scenes", "2", "--out", str(tmp_path / "s.json")],
+    ]
+    for command in commands:
+        proc = subprocess.run(
+            [sys.executable, str(scripts / command[0]), *command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, (command[0], proc.stderr[-2000:])
+    assert (tmp_path / "c.png").is_file() and json.loads((tmp_path / "s.json").read_text())
