@@ -105,6 +105,22 @@ def test_bad_training_flags_are_clear_errors(argv, match, capsys):
     assert err.value.code == 2 and match in capsys.readouterr().err
 
 
+def test_a_tracker_that_is_not_installed_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    argv = ["--config", str(RECIPE), "--output_dir", str(tmp_path / "x"), "--report_to", "wandb"]
+    with pytest.raises(SystemExit):
+        run_training_cli("doc", load_config, train_t2i, argv, config_cls=Config)
+    assert (
+        "train.report_to: ['wandb'] not installed" in capsys.readouterr().err
+        and not (tmp_path / "x").exists()
+    )
+
+
 def test_push_to_hub_without_a_token_fails_before_training(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("t2i_drift.training.runs.get_token", lambda: None)
     argv = [

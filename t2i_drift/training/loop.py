@@ -38,7 +38,7 @@ from t2i_drift.data.source import DataSource
 from t2i_drift.model_card import labelled_grid
 from t2i_drift.training.builders import build_optimizer, build_source
 from t2i_drift.training.checkpoint import TrainerState, resume_if_requested, save_and_prune
-from t2i_drift.training.config import save_config
+from t2i_drift.training.config import ConfigError, save_config
 from t2i_drift.training.ema import ema_copy, make_ema
 from t2i_drift.training.objectives.base import Objective
 
@@ -90,7 +90,21 @@ def train(cfg: Any, objective: Objective) -> Path:
     return run.out_dir
 
 
+def check_trackers(report_to: list[str]) -> None:
+    """Every tracker of ``train.report_to`` must be importable: Accelerate would skip a missing
+    one with a log line, and the run would record nothing."""
+    import importlib.util
+
+    missing = [name for name in report_to if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"train.report_to: {missing} not installed (pip install {' '.join(missing)}); "
+            "tensorboard comes with t2i_drift[train]"
+        )
+
+
 def _setup(cfg: Any, objective: Objective) -> _Run:
+    check_trackers(list(cfg.train.report_to))
     out_dir = Path(cfg.train.output_dir)
     seed = cfg.train.seed
     source = build_source(cfg.data, cfg.train.batch_size, seed)
