@@ -206,14 +206,13 @@ def test_gradient_accumulation_consumes_k_batches_and_resumes_exactly(tracked_ru
     summary = json.loads((out / "run_summary.json").read_text())
     assert summary["samples_per_s"] > 0
 
+    # Separate processes: Accelerate's precision is per process (the tracked run's was bf16).
     resumed = tmp_path / "resumed"
-    base = [
-        f"train.output_dir={resumed}",
-        "train.gradient_accumulation_steps=2",
-        "train.mixed_precision=bf16",
-    ]
-    train_t2i(load_config(RECIPE, [*base, "train.max_steps=1"]))
-    train_t2i(load_config(RECIPE, [*base, "train.max_steps=2", "train.resume_from_checkpoint=latest"]))
+    base = [str(ROOT / "scripts" / "train_t2i.py"), "--config", str(RECIPE), "--output_dir", str(resumed)]
+    base += ["--gradient_accumulation_steps", "2", "--mixed_precision", "bf16"]
+    for extra in (["--max_steps", "1"], ["--max_steps", "2", "--resume_from_checkpoint", "latest"]):
+        proc = subprocess.run([sys.executable, *base, *extra], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("transformer/diffusion_pytorch_model.safetensors", "ema.safetensors"):
         a = load_file(str(out / "checkpoints" / "checkpoint-2" / name))
         b = load_file(str(resumed / "checkpoints" / "checkpoint-2" / name))

@@ -38,8 +38,9 @@ def default_device() -> torch.device:
 
 
 def is_multi_step(pipe: TextToImagePipeline) -> bool:
-    """True when the pipeline samples in several steps (its ``__call__`` takes ``num_inference_steps``)."""
-    return STEPS_ARGUMENT in inspect.signature(pipe.__call__).parameters
+    """True when the pipeline samples in several steps (a one-step pipeline accepts
+    ``num_inference_steps`` too, for diffusers callers, but only 1)."""
+    return bool(getattr(pipe, "multi_step", False))
 
 
 def default_steps(pipe: TextToImagePipeline) -> int:

@@ -40,6 +40,8 @@ class FlowMatchingPipeline(TextToImagePipeline):
             the empty caption's unconditional velocity (guidance_scale > 1 is refused otherwise).
     """
 
+    multi_step = True
+
     def __init__(
         self,
         transformer: DriftingTransformer2DModel,

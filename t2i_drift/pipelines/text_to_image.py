@@ -34,6 +34,7 @@ class TextToImagePipeline(DiffusionPipeline):
     the caller passes precomputed embeddings, diffusers' usual memory-saving recipe."""
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->transformer->vae"
+    multi_step = False  # True for pipelines that integrate over several num_inference_steps
     _optional_components = ["vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
     # What ``callback_on_step_end`` may read and replace; "latents" is the generator's output
     # (before VAE decoding) at the end of the step.
