@@ -27,7 +27,6 @@ from t2i_drift.eval.cli import add_eval_arguments, positive_int, settings_from_a
 from t2i_drift.eval.frechet import EffNetLite0Embedder
 from t2i_drift.eval.generation import load_for_eval, pipeline_resolution
 from t2i_drift.eval.suites import evaluate_pipeline, make_suite
-from t2i_drift.training.checkpoint import list_checkpoints
 from t2i_drift.training.config import ConfigError, load_config
 from t2i_drift.training.runs import train_t2i
 
@@ -61,7 +60,7 @@ def parse_args(argv: list[str]):
     for variant in variants:
         for seed in args.train_seeds:
             overrides = training_overrides(plan, variant, seed, args.out_dir, args.max_steps)
-            if list_checkpoints(run_dir(args.out_dir, variant, seed) / "checkpoints"):
+            if run_dir(args.out_dir, variant, seed).exists():  # an earlier attempt: continue it
                 overrides.append("train.resume_from_checkpoint=latest")
             try:
                 configs[variant, seed] = load_config(plan.config, overrides)

@@ -46,7 +46,6 @@ from t2i_drift.eval.comparison import (
 from t2i_drift.eval.frechet import EffNetLite0Embedder
 from t2i_drift.eval.generation import default_device, is_multi_step, load_for_eval, pipeline_resolution
 from t2i_drift.eval.suites import EvalSettings, evaluate_pipeline, make_suite
-from t2i_drift.training.checkpoint import list_checkpoints
 from t2i_drift.training.config import Config, ConfigError, load_config
 from t2i_drift.training.runs import train_t2i
 
@@ -79,10 +78,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Config], 
     configs = {}
     for objective in args.objectives:
         overrides = training_overrides(objective, args.out_dir, args.max_steps, args.overrides)
-        if not is_trained(args.out_dir, objective) and list_checkpoints(
-            run_dir(args.out_dir, objective) / "checkpoints"
-        ):
-            overrides.append("train.resume_from_checkpoint=latest")
+        if not is_trained(args.out_dir, objective) and run_dir(args.out_dir, objective).exists():
+            overrides.append("train.resume_from_checkpoint=latest")  # an earlier attempt: continue it
         try:
             configs[objective] = load_config(args.config, overrides)
         except ConfigError as err:

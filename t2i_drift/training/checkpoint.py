@@ -9,6 +9,12 @@ Layout of ``<output_dir>/checkpoints/checkpoint-<step>/``:
     trainer_state.json         step, epoch, optimizer param_groups and scalar state, EMA and
                                scheduler scalars, saved config
     rng_state_<rank>.safetensors  torch CPU (and CUDA) generator states of each process
+
+Writes are atomic: every process writes into ``.tmp-checkpoint-<step>/`` and the main process
+renames it to ``checkpoint-<step>`` once all parts are on disk, so a run killed mid-save (or a
+full disk) never leaves a ``checkpoint-N`` that looks complete. ``latest`` takes the newest
+complete checkpoint of the run; a checkpoint missing a part is an error naming the file.
+Checkpoints carry their run's id, and rotation deletes only the current run's.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 
 CHECKPOINT_PREFIX = "checkpoint-"
+TMP_PREFIX = ".tmp-"  # a checkpoint being written
+OLD_PREFIX = ".old-"  # a checkpoint being replaced by a newer write of the same step
 
 
 @dataclass
@@ -32,6 +40,7 @@ class TrainerState:
     step: int
     epoch: int
     batches_in_epoch: int
+    run_id: str = ""
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -103,6 +112,7 @@ def save_checkpoint(
                 "step": state.step,
                 "epoch": state.epoch,
                 "batches_in_epoch": state.batches_in_epoch,
+                "run_id": state.run_id,
                 "optimizer": opt_meta,
                 "ema": ema_state,
                 "scheduler": sched,
@@ -125,10 +135,10 @@ def load_checkpoint(
     model_subfolder: str = "transformer",
 ) -> TrainerState:
     """Restore everything :func:`save_checkpoint` wrote; returns the step counters."""
-    meta_path = path / "trainer_state.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{path} is not a checkpoint folder (no trainer_state.json)")
-    meta = json.loads(meta_path.read_text())
+    missing = missing_parts(path, model_subfolder, process_index)
+    if missing:
+        raise ValueError(f"checkpoint {path} is incomplete: {path / missing[0]} is missing")
+    meta = json.loads((path / "trainer_state.json").read_text())
     weights = load_file(str(path / model_subfolder / SAFETENSORS_WEIGHTS_NAME))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -154,18 +164,42 @@ def load_checkpoint(
         group["lr"] = rate
     scheduler._last_lr = rates
     rng_file = path / f"rng_state_{process_index}.safetensors"
-    if rng_file.is_file():
-        rng = load_file(str(rng_file))
-        torch.set_rng_state(rng["cpu"])
-        for name, g in (generators or {}).items():
-            if f"gen.{name}" not in rng:
-                raise ValueError(f"{rng_file} has no state for the {name!r} generator")
-            g.set_state(rng[f"gen.{name}"])
-        if torch.cuda.is_available():
-            cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
-            if len(cuda_states) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda_states)
-    return TrainerState(step=meta["step"], epoch=meta["epoch"], batches_in_epoch=meta["batches_in_epoch"])
+    rng = load_file(str(rng_file))
+    torch.set_rng_state(rng["cpu"])
+    for name, g in (generators or {}).items():
+        if f"gen.{name}" not in rng:
+            raise ValueError(f"{rng_file} has no state for the {name!r} generator")
+        g.set_state(rng[f"gen.{name}"])
+    if torch.cuda.is_available():
+        cuda_states = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda"))]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    return TrainerState(
+        step=meta["step"],
+        epoch=meta["epoch"],
+        batches_in_epoch=meta["batches_in_epoch"],
+        run_id=meta.get("run_id", ""),
+    )
+
+
+def missing_parts(path: Path, model_subfolder: str = "transformer", process_index: int = 0) -> list[str]:
+    """The files a checkpoint folder lacks (relative paths; empty when complete for this process)."""
+    parts = [
+        "trainer_state.json",
+        f"{model_subfolder}/{SAFETENSORS_WEIGHTS_NAME}",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        f"rng_state_{process_index}.safetensors",
+    ]
+    return [name for name in parts if not (path / name).is_file()]
+
+
+def checkpoint_run_id(path: Path) -> str:
+    """The run id a checkpoint was written by ("" for checkpoints older than run ids)."""
+    try:
+        return json.loads((path / "trainer_state.json").read_text()).get("run_id", "")
+    except (OSError, ValueError):
+        return ""
 
 
 def list_checkpoints(checkpoint_root: Path) -> list[Path]:
@@ -180,24 +214,51 @@ def list_checkpoints(checkpoint_root: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
-def prune_checkpoints(checkpoint_root: Path, keep: int | None) -> list[Path]:
-    """Delete the oldest checkpoints so that at most ``keep`` remain; returns the deleted ones."""
+def prune_checkpoints(checkpoint_root: Path, keep: int | None, run_id: str | None = None) -> list[Path]:
+    """Delete the oldest checkpoints of run ``run_id`` (None: every checkpoint counts) so that at
+    most ``keep`` of them remain; other runs' checkpoints are never touched. Returns the deleted."""
     if keep is None:
         return []
-    existing = list_checkpoints(checkpoint_root)
+    if keep < 1:
+        raise ValueError(f"train.checkpoints_total_limit must be >= 1 or null, got {keep}")
+    existing = [
+        p for p in list_checkpoints(checkpoint_root) if run_id is None or checkpoint_run_id(p) == run_id
+    ]
     doomed = existing[: max(0, len(existing) - keep)]
     for path in doomed:
         shutil.rmtree(path)
     return doomed
 
 
-def resolve_resume(value: str | None, checkpoint_root: Path) -> Path | None:
-    """``None`` -> None; ``latest`` -> newest checkpoint (None if none yet); else a folder path."""
+def latest_checkpoint(
+    checkpoint_root: Path, run_id: str | None = None, model_subfolder: str = "transformer", log=print
+) -> Path | None:
+    """The newest complete checkpoint (of run ``run_id`` when given); incomplete ones, which only
+    a pre-atomic writer can leave, are skipped with a message naming the missing file."""
+    for path in reversed(list_checkpoints(checkpoint_root)):
+        if run_id is not None and checkpoint_run_id(path) not in (run_id, ""):
+            continue
+        missing = missing_parts(path, model_subfolder)
+        if missing:
+            log(f"skipping incomplete checkpoint {path} ({missing[0]} is missing)")
+            continue
+        return path
+    return None
+
+
+def resolve_resume(
+    value: str | None,
+    checkpoint_root: Path,
+    run_id: str | None = None,
+    model_subfolder: str = "transformer",
+    log=print,
+) -> Path | None:
+    """``None`` -> None; ``latest`` -> the newest complete checkpoint (None if none yet); else a
+    folder path."""
     if value is None:
         return None
     if value == "latest":
-        existing = list_checkpoints(checkpoint_root)
-        return existing[-1] if existing else None
+        return latest_checkpoint(checkpoint_root, run_id, model_subfolder, log)
     path = Path(value)
     if not (path / "trainer_state.json").is_file():
         raise ValueError(f"train.resume_from_checkpoint={value!r} is not a checkpoint folder")
@@ -205,12 +266,19 @@ def resolve_resume(value: str | None, checkpoint_root: Path) -> Path | None:
 
 
 def resume_if_requested(
-    value: str | None, checkpoint_root: Path, log=print, **load_kwargs: Any
+    value: str | None, checkpoint_root: Path, log=print, run_id: str | None = None, **load_kwargs: Any
 ) -> TrainerState:
-    """Where a run starts: step 0, or the checkpoint ``value`` names (``latest``: the newest under
-    ``checkpoint_root``, none yet: step 0) restored with :func:`load_checkpoint` (``load_kwargs``)."""
-    path = resolve_resume(value, checkpoint_root)
+    """Where a run starts: step 0, or the checkpoint ``value`` names (``latest``: the newest
+    complete one of run ``run_id`` under ``checkpoint_root``; none yet: step 0, said so) restored
+    with :func:`load_checkpoint` (``load_kwargs``)."""
+    subfolder = load_kwargs.get("model_subfolder", "transformer")
+    path = resolve_resume(value, checkpoint_root, run_id, subfolder, log)
     if path is None:
+        if value == "latest":
+            log(
+                f"train.resume_from_checkpoint=latest: no complete checkpoint in {checkpoint_root}; "
+                "starting at step 0"
+            )
         return TrainerState(step=0, epoch=0, batches_in_epoch=0)
     state = load_checkpoint(path, **load_kwargs)
     log(f"resumed from {path} at step {state.step}")
@@ -218,19 +286,38 @@ def resume_if_requested(
 
 
 def save_and_prune(accelerator: Any, checkpoint_root: Path, keep: int | None, **save_kwargs: Any) -> Path:
-    """Every process writes its part of ``checkpoint-<step>`` (:func:`save_checkpoint` with
-    ``save_kwargs``, step from ``state``) between two barriers; then the main process deletes all
-    but the newest ``keep`` checkpoints. ``accelerator``: anything with ``wait_for_everyone``,
-    ``process_index`` and ``is_main_process`` (an Accelerate ``Accelerator``)."""
-    path = checkpoint_root / f"{CHECKPOINT_PREFIX}{save_kwargs['state'].step}"
+    """Every process writes its part of ``.tmp-checkpoint-<step>`` (:func:`save_checkpoint` with
+    ``save_kwargs``, step from ``state``) between two barriers; then the main process renames it to
+    ``checkpoint-<step>`` (replacing an earlier write of the same step only now, when the new one
+    is complete) and deletes all but the newest ``keep`` checkpoints of this run.
+    ``accelerator``: anything with ``wait_for_everyone``, ``process_index`` and
+    ``is_main_process`` (an Accelerate ``Accelerator``)."""
+    state = save_kwargs["state"]
+    name = f"{CHECKPOINT_PREFIX}{state.step}"
+    final, tmp, old = (
+        checkpoint_root / name,
+        checkpoint_root / f"{TMP_PREFIX}{name}",
+        checkpoint_root / f"{OLD_PREFIX}{name}",
+    )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        for leftover in (tmp, old):  # our own names: a write that was interrupted
+            if leftover.exists():
+                shutil.rmtree(leftover)
     accelerator.wait_for_everyone()
     save_checkpoint(
-        path,
+        tmp,
         process_index=accelerator.process_index,
         is_main_process=accelerator.is_main_process,
         **save_kwargs,
     )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        prune_checkpoints(checkpoint_root, keep)
-    return path
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)  # atomic: checkpoint-N appears complete or not at all
+        if old.exists():
+            shutil.rmtree(old)
+        prune_checkpoints(checkpoint_root, keep, state.run_id or None)
+    accelerator.wait_for_everyone()
+    return final

@@ -319,7 +319,12 @@ class TrainConfig:
     checkpoints_total_limit: int | None = 2
     """Keep only the newest N checkpoints; null keeps all."""
     resume_from_checkpoint: str | None = None
-    """A checkpoint folder, or ``latest`` for the newest under ``output_dir``."""
+    """A checkpoint folder, or ``latest`` for the newest complete one of the run in ``output_dir``
+    (none yet: start at step 0)."""
+    overwrite_output_dir: bool = False
+    """Start a new run in an ``output_dir`` that holds another run. Its checkpoints stay (rotation
+    and ``latest`` only count the new run's) and its metrics.jsonl is kept under another name;
+    ``pipeline/`` is replaced at export. Without it such a folder is refused."""
     log_every: int = 10
     """Average the step statistics over N steps per log line (metrics.jsonl and trackers)."""
     report_to: list[Literal["tensorboard", "wandb", "trackio"]] = field(default_factory=list)

@@ -23,6 +23,7 @@ import json
 import resource
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +104,58 @@ def check_trackers(report_to: list[str]) -> None:
         )
 
 
+RUN_FILE = "run.json"  # the id of the run that owns an output folder
+RUN_ARTIFACTS = ("config.yaml", RUN_FILE, "run_summary.json", "checkpoints", "pipeline", "logs/metrics.jsonl")
+
+
+def check_output_dir(train_cfg: Any) -> str | None:
+    """Refuse, before anything is written, a fresh run into a folder that holds another run
+    (unless ``train.overwrite_output_dir``). Returns the id of the run found there, if any."""
+    out_dir = Path(train_cfg.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"train.output_dir={str(out_dir)!r} exists and is not a folder")
+    found = [name for name in RUN_ARTIFACTS if (out_dir / name).exists()]
+    previous = None
+    if (out_dir / RUN_FILE).is_file():
+        previous = json.loads((out_dir / RUN_FILE).read_text()).get("run_id")
+    if found and train_cfg.resume_from_checkpoint is None and not train_cfg.overwrite_output_dir:
+        raise ConfigError(
+            f"train.output_dir={str(out_dir)!r} already holds a run ({', '.join(found)}): continue it "
+            "with train.resume_from_checkpoint=latest, choose another folder, or set "
+            "train.overwrite_output_dir=true"
+        )
+    return previous
+
+
+def _claim_output_dir(accelerator: Accelerator, out_dir: Path, cfg: Any, previous: str | None) -> str:
+    """The run id: the previous run's when resuming, else a new one; the main process records it
+    in run.json (and, for a new run over an old one, keeps the old metrics.jsonl aside)."""
+    resuming = cfg.train.resume_from_checkpoint is not None
+    if accelerator.is_main_process:
+        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not (resuming and previous):
+            metrics = out_dir / "logs" / "metrics.jsonl"
+            if metrics.exists():
+                metrics.rename(metrics.with_name(f"metrics.{previous or 'previous'}.jsonl"))
+            (out_dir / RUN_FILE).write_text(json.dumps({"run_id": uuid.uuid4().hex}) + "\n")
+    accelerator.wait_for_everyone()
+    return json.loads((out_dir / RUN_FILE).read_text())["run_id"]
+
+
+def _truncate_metrics(out_dir: Path, step: int) -> None:
+    """Drop logged lines after ``step`` (written by the interrupted run after its last checkpoint),
+    so that a resumed run's metrics.jsonl has every step once."""
+    path = out_dir / "logs" / "metrics.jsonl"
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+
+
 def _setup(cfg: Any, objective: Objective) -> _Run:
     check_trackers(list(cfg.train.report_to))
+    previous_run = check_output_dir(cfg.train)
     out_dir = Path(cfg.train.output_dir)
     seed = cfg.train.seed
     source = build_source(cfg.data, cfg.train.batch_size, seed)
@@ -118,8 +169,8 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
         kwargs_handlers=objective.prepare_run(source),
     )
     set_seed(seed, device_specific=True)
+    run_id = _claim_output_dir(accelerator, out_dir, cfg, previous_run)
     if accelerator.is_main_process:
-        (out_dir / "logs").mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
     if report_to:
         accelerator.init_trackers(cfg.train.tracker_project, config=tracker_config(cfg.to_dict()))
@@ -140,6 +191,7 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
         cfg.train.resume_from_checkpoint,
         out_dir / "checkpoints",
         log=accelerator.print,
+        run_id=run_id,
         model=unwrapped,
         ema=ema,
         optimizer=optimizer,
@@ -148,6 +200,9 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
         generators={"train": rng},
         model_subfolder=objective.model_subfolder,
     )
+    state.run_id = state.run_id or run_id  # checkpoints from before run ids adopt this run's
+    if accelerator.is_main_process:
+        _truncate_metrics(out_dir, state.step)
     accelerator.print(
         f"{source.describe()} | {objective.describe(unwrapped)} | {accelerator.num_processes} process(es)"
     )
