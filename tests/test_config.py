@@ -53,6 +53,20 @@ def test_bad_overrides_name_the_key(override, key):
         ("drift.memory_budget_mb=-5", "drift.memory_budget_mb"),
         ("drift.alpha_max=0.5", "drift.alpha_max"),
         ("train.batch_size=0", "train.batch_size"),
+        # Checked when the run starts, not at export or deep in torch:
+        ("eval.guidance_scale=10", "eval.guidance_scale"),
+        ("eval.samples_per_grid_prompt=0", "eval.samples_per_grid_prompt"),
+        ("eval.sample_prompts=[]", "eval.sample_prompts"),
+        ("train.checkpointing_steps=0", "train.checkpointing_steps"),
+        ("train.log_every=0", "train.log_every"),
+        ("train.max_steps=0", "train.max_steps"),
+        ("data.resolution=30", "data.resolution"),
+        ("data.resolution=0", "data.resolution"),
+        ("optim.learning_rate=-1", "optim.learning_rate"),
+        ("optim.learning_rate=1e30", "optim.learning_rate"),
+        ("optim.betas=[2, 3]", "optim.betas"),
+        ("optim.ema_decay=2", "optim.ema_decay"),
+        ("train.output_dir=", "train.output_dir"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
@@ -91,3 +105,37 @@ def test_default_recipe_file_equals_builtin_defaults():
 
     recipe = Path(__file__).parent.parent / "recipes" / "openmoji_32px.yaml"
     assert load_config(recipe) == Config()
+
+
+def test_every_config_value_loads_or_names_its_key():
+    """Property: any value for any key either loads or raises a ConfigError naming that key."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from t2i_drift.training.config_docs import config_keys
+
+    keys = [k.key for k in config_keys(Config)]
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**6), 10**6),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(alphabet="abcxyz_-./ 0123456789", max_size=12),
+    )
+    values = st.one_of(scalars, st.lists(scalars, max_size=3))
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(key=st.sampled_from(keys), value=values)
+    def check(key, value):
+        import json
+
+        text = json.dumps(value) if not isinstance(value, float) or value == value else ".nan"
+        try:
+            load_config(None, [f"{key}={text}"])
+        except ConfigError as err:
+            assert key.split(".")[0] in str(err) and (key in str(err) or key.rsplit(".", 1)[0] in str(err)), (
+                key,
+                str(err),
+            )
+
+    check()

@@ -82,6 +82,31 @@ def test_latents_argument_is_used(pipe):
         ),
         (dict(prompt="x", latents=torch.zeros(1, 3, 8, 8)), "latents"),
         (dict(prompt="x", num_images_per_prompt=2, generator=[torch.Generator()]), "generators"),
+        (dict(prompt="x", height=-16), "height must be a positive integer"),
+        (dict(prompt="x", height=0), "height must be a positive integer"),
+        (dict(prompt="x", width=16.0), "width must be a positive integer"),
+        (dict(prompt=["a", None]), "`prompt` must be a string or a non-empty list"),
+        (dict(prompt=[]), "`prompt`"),
+        (dict(prompt=[1, 2]), "`prompt`"),
+        (dict(prompt="x", guidance_scale="high"), "guidance_scale must be a number"),
+        (dict(prompt="x", guidance_scale=float("nan")), "guidance_scale must be finite"),
+        (dict(prompt="x", num_images_per_prompt=1.5), "num_images_per_prompt must be a positive integer"),
+        (dict(prompt="x", generator=3), "`generator` must be a torch.Generator"),
+        (
+            dict(prompt="x", latents=__import__("numpy").zeros((1, 3, 16, 16))),
+            "`latents` must be a torch.Tensor",
+        ),
+        (dict(prompt="x", latents=torch.full((1, 3, 16, 16), float("nan"))), "`latents` contains NaN"),
+        (
+            dict(prompt="x", latents=torch.zeros(1, 3, 16, 16), generator=[torch.Generator()] * 3),
+            "got 3 generators for 1 images",
+        ),
+        (
+            dict(
+                prompt_embeds=torch.full((1, 16, 384), float("nan")), pooled_prompt_embeds=torch.zeros(1, 384)
+            ),
+            "`prompt_embeds` contains NaN",
+        ),
     ],
 )
 def test_bad_arguments_raise_value_errors(pipe, kwargs, match):

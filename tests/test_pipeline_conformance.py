@@ -230,3 +230,45 @@ def test_low_precision_loading_matches_fp32(pipe, tmp_path):
     assert low.transformer.dtype == torch.bfloat16 and low.text_encoder.dtype == torch.bfloat16
     a, b = _np(low, prompt="teapot"), _np(pipe, prompt="teapot")
     assert a.dtype == np.float32 and np.abs(a - b).max() < 0.05
+
+
+def test_any_call_arguments_work_or_name_the_argument(pipe):
+    """Property (hypothesis): every combination of call arguments either makes images or raises a
+    ValueError / TypeError whose message names one of the arguments given."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    anything = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-64, 64),
+        st.floats(-8, 8),
+        st.text(max_size=5),
+        st.lists(st.integers(0, 3), max_size=2),
+    )
+    arguments = {
+        "prompt": st.one_of(
+            st.text(max_size=8),
+            st.lists(st.one_of(st.text(max_size=6), st.none(), st.integers()), max_size=3),
+            anything,
+        ),
+        "height": st.one_of(st.sampled_from([16, 32, 8, 18, 0, -16]), anything),
+        "width": st.one_of(st.sampled_from([16, 32, 12]), anything),
+        "num_images_per_prompt": st.one_of(st.integers(-1, 3), anything),
+        "guidance_scale": st.one_of(st.floats(0, 6), st.just(float("nan")), anything),
+        "num_inference_steps": st.one_of(st.just(1), anything),
+        "output_type": st.one_of(st.sampled_from(["pil", "np", "pt", "latent"]), anything),
+        "max_sequence_length": st.one_of(st.integers(-2, 40), anything),
+        "generator": st.one_of(st.just(torch.Generator().manual_seed(0)), anything),
+    }
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.fixed_dictionaries({}, optional=arguments))
+    def check(kwargs):
+        try:
+            pipe(**kwargs)
+        except (ValueError, TypeError) as err:
+            named = [k for k in [*kwargs, "prompt_embeds"] if k in str(err)]
+            assert named, (kwargs, str(err))
+
+    check()

@@ -136,3 +136,16 @@ def test_a_folder_of_another_run_is_refused_and_overwrite_keeps_its_checkpoints(
     assert [
         json.loads(line)["step"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()
     ] == [1, 2]
+
+
+def test_optimizer_overrides_apply_on_resume(three_steps, tmp_path, capsys):
+    """optim.learning_rate / weight_decay given for the resume are used, not the checkpoint's
+    (config.yaml records them, so the run must do what it says)."""
+    out = tmp_path / "copy"
+    shutil.copytree(three_steps, out)
+    resume = f"train.resume_from_checkpoint={out / 'checkpoints' / 'checkpoint-2'}"
+    train_t2i(_cfg(out, "train.max_steps=3", resume, "optim.learning_rate=5.0e-4", "optim.weight_decay=0.1"))
+    log = capsys.readouterr().out
+    assert "optimizer settings from this run's config" in log and "weight_decay: 0.01 -> 0.1" in log
+    line = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == 3 and line["lr"] == pytest.approx(5.0e-4)

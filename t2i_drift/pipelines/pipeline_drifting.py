@@ -91,11 +91,11 @@ class DriftingPipeline(TextToImagePipeline):
         )
 
     def check_inputs(self, guidance_scale: float, num_inference_steps: int, **common: Any) -> None:
-        self.check_common_inputs(**common)
+        self.check_common_inputs(guidance_scale=guidance_scale, **common)
         lo, hi = self.config.guidance_scale_range
         if not lo <= guidance_scale <= hi:
             raise ValueError(f"guidance_scale={guidance_scale} is outside the trained range [{lo}, {hi}]")
-        if num_inference_steps != 1:
+        if isinstance(num_inference_steps, bool) or num_inference_steps != 1:
             raise ValueError(
                 f"num_inference_steps={num_inference_steps}: a drifting generator maps noise to an image "
                 "in one forward pass, so the only valid value is 1"
@@ -179,8 +179,8 @@ class DriftingPipeline(TextToImagePipeline):
         Examples:
         """
         # 1. Check inputs
-        height = height or self.default_size()
-        width = width or self.default_size()
+        height = self.default_size() if height is None else height
+        width = self.default_size() if width is None else width
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
@@ -197,6 +197,8 @@ class DriftingPipeline(TextToImagePipeline):
             output_type=output_type,
             callback_on_step_end_tensor_inputs=tensor_inputs,
             max_sequence_length=max_sequence_length,
+            generator=generator,
+            latents=latents,
         )
         self._guidance_scale = float(guidance_scale)
         self._attention_kwargs = attention_kwargs

@@ -148,8 +148,8 @@ class FlowMatchingPipeline(TextToImagePipeline):
             Other arguments as :meth:`DriftingPipeline.__call__`.
         """
         # 1. Check inputs
-        height = height or self.default_size()
-        width = width or self.default_size()
+        height = self.default_size() if height is None else height
+        width = self.default_size() if width is None else width
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
@@ -164,9 +164,16 @@ class FlowMatchingPipeline(TextToImagePipeline):
             output_type=output_type,
             callback_on_step_end_tensor_inputs=tensor_inputs,
             max_sequence_length=max_sequence_length,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            latents=latents,
         )
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
         if guidance_scale < 1:
             raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
         if guidance_scale > 1 and not self.config.classifier_free_guidance:

@@ -11,6 +11,7 @@ Both :class:`~t2i_drift.pipelines.pipeline_drifting.DriftingPipeline` (one step)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -150,8 +151,46 @@ class TextToImagePipeline(DiffusionPipeline):
         output_type: str,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         max_sequence_length: int | None = None,
+        guidance_scale: float = 1.0,
+        generator: Any = None,
+        latents: Any = None,
     ) -> None:
-        """The checks every t2i_drift pipeline makes before any work; errors name the argument."""
+        """The checks every t2i_drift pipeline makes before any work; each error is a
+        ``ValueError`` that names the argument."""
+        for name, value in (
+            ("height", height),
+            ("width", width),
+            ("num_images_per_prompt", num_images_per_prompt),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
+        if prompt is not None and not (
+            isinstance(prompt, str)
+            or (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt))
+        ):
+            raise ValueError(f"`prompt` must be a string or a non-empty list of strings, got {prompt!r}")
+        for name, tensor, ndim in (
+            ("prompt_embeds", prompt_embeds, 3),
+            ("pooled_prompt_embeds", pooled_prompt_embeds, 2),
+            ("latents", latents, 4),
+        ):
+            if tensor is None:
+                continue
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}")
+            if tensor.ndim != ndim:
+                raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(tensor.shape)}")
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"`{name}` contains NaN or infinite values")
+        generators = generator if isinstance(generator, list) else [generator]
+        if not all(g is None or isinstance(g, torch.Generator) for g in generators) or generator == []:
+            raise ValueError(
+                f"`generator` must be a torch.Generator, a list of them or None, got {generator!r}"
+            )
         factor = self.vae_scale_factor * self.transformer.config.patch_size
         if height % factor or width % factor:
             raise ValueError(
@@ -161,10 +200,6 @@ class TextToImagePipeline(DiffusionPipeline):
             )
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` must be a string or a list of strings, got {type(prompt).__name__}")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
         if prompt_embeds is not None:
             if pooled_prompt_embeds is None:
                 raise ValueError("`prompt_embeds` needs `pooled_prompt_embeds` as well")
@@ -180,6 +215,18 @@ class TextToImagePipeline(DiffusionPipeline):
                 )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        batch = (
+            prompt_embeds.shape[0]
+            if prompt_embeds is not None
+            else 1
+            if isinstance(prompt, str)
+            else len(prompt)
+        )
+        if isinstance(generator, list) and len(generator) != batch * num_images_per_prompt:
+            raise ValueError(
+                f"got {len(generator)} generators for {batch * num_images_per_prompt} images "
+                f"({batch} prompt(s) x num_images_per_prompt={num_images_per_prompt})"
+            )
         unknown = [
             k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs
         ]

@@ -133,8 +133,10 @@ def load_checkpoint(
     process_index: int = 0,
     generators: dict[str, torch.Generator] | None = None,
     model_subfolder: str = "transformer",
+    log=None,
 ) -> TrainerState:
-    """Restore everything :func:`save_checkpoint` wrote; returns the step counters."""
+    """Restore everything :func:`save_checkpoint` wrote; returns the step counters. The optimizer
+    keeps this run's hyperparameters (learning rate, weight decay, betas), reported via ``log``."""
     missing = missing_parts(path, model_subfolder, process_index)
     if missing:
         raise ValueError(f"checkpoint {path} is incomplete: {path / missing[0]} is missing")
@@ -150,11 +152,32 @@ def load_checkpoint(
     device = next(model.parameters()).device
     ema_state["shadow_params"] = [shadow[str(i)].to(device) for i in range(len(shadow))]
     ema.load_state_dict(ema_state)
+    # This run's hyperparameters (optim.* of the config, possibly overridden for the resume)
+    # win over the checkpoint's: the moments and the step count are what a resume restores.
+    wanted = [
+        {k: g[k] for k in ("weight_decay", "betas", "eps", "initial_lr") if k in g}
+        for g in optimizer.param_groups
+    ]
     opt = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     optimizer.load_state_dict(opt)
+    changed = set()
+    for group, values in zip(optimizer.param_groups, wanted, strict=True):
+        for key, value in values.items():
+            old = group.get(key)
+            if (list(old) if isinstance(old, (list, tuple)) else old) != (
+                list(value) if isinstance(value, (list, tuple)) else value
+            ):
+                changed.add(f"{key}: {old} -> {value}")
+            group[key] = value
+    if changed and log is not None:
+        log(
+            "resume: optimizer settings from this run's config, not the checkpoint's "
+            f"({'; '.join(sorted(changed))})"
+        )
     sched_state = scheduler.state_dict()
     sched_state.update(meta["scheduler"])
     scheduler.load_state_dict(sched_state)
+    scheduler.base_lrs = [values["initial_lr"] for values in wanted]
     # The saved optimizer holds the rate the *old* schedule set for the next step. A resumed run
     # may change what the schedule depends on (train.max_steps moves the MAE fine-tune boundary),
     # so the next step's rate comes from this run's schedule (the same number when nothing changed).
@@ -280,7 +303,7 @@ def resume_if_requested(
                 "starting at step 0"
             )
         return TrainerState(step=0, epoch=0, batches_in_epoch=0)
-    state = load_checkpoint(path, **load_kwargs)
+    state = load_checkpoint(path, log=log, **load_kwargs)
     log(f"resumed from {path} at step {state.step}")
     return state
 

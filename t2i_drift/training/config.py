@@ -423,7 +423,38 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             not cfg.train.validation_prompts or all(p.strip() for p in cfg.train.validation_prompts),
             "must not contain empty prompts",
         ),
-        ("optim.learning_rate", cfg.optim.learning_rate > 0, "must be > 0"),
+        ("optim.learning_rate", 0 < cfg.optim.learning_rate <= 1, "must be in (0, 1]"),
+        (
+            "optim.betas",
+            len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas),
+            "must be two values in [0, 1)",
+        ),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
+        ("optim.warmup_steps", cfg.optim.warmup_steps >= 0, "must be >= 0"),
+        ("optim.max_grad_norm", cfg.optim.max_grad_norm >= 0, "must be >= 0 (0: no clipping)"),
+        ("optim.ema_decay", 0 <= cfg.optim.ema_decay < 1, "must be in [0, 1)"),
+        ("data.resolution", cfg.data.resolution >= 1, "must be >= 1"),
+        (
+            "data.resolution",
+            cfg.model.vae is not None or cfg.data.resolution % cfg.model.patch_size == 0,
+            f"must be divisible by model.patch_size={cfg.model.patch_size} (pixel space)",
+        ),
+        ("model.patch_size", cfg.model.patch_size >= 1, "must be >= 1"),
+        ("data.val_fraction", 0 <= cfg.data.val_fraction < 1, "must be in [0, 1)"),
+        ("data.min_size", cfg.data.min_size >= 1, "must be >= 1"),
+        (
+            "data.max_samples",
+            cfg.data.max_samples is None or cfg.data.max_samples >= 1,
+            "must be >= 1 or null",
+        ),
+        ("eval.sample_prompts", len(cfg.eval.sample_prompts) > 0, "must name at least one prompt"),
+        (
+            "eval.sample_prompts",
+            all(p.strip() for p in cfg.eval.sample_prompts),
+            "must not contain empty prompts",
+        ),
+        ("eval.samples_per_grid_prompt", cfg.eval.samples_per_grid_prompt >= 1, "must be >= 1"),
+        *_guidance_checks(cfg),
         (
             "optim.warmup_start_lr",
             cfg.optim.warmup_start_lr is None or 0 < cfg.optim.warmup_start_lr <= cfg.optim.learning_rate,
@@ -466,6 +497,28 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
     check_ranges(cfg, source, checks)
+
+
+def _guidance_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """``eval.guidance_scale`` must be a value the exported pipeline accepts."""
+    g, name = cfg.eval.guidance_scale, cfg.objective.name
+    if name == "drifting":
+        return [
+            (
+                "eval.guidance_scale",
+                1 <= g <= cfg.drift.alpha_max,
+                f"must be in [1, drift.alpha_max={cfg.drift.alpha_max}]",
+            )
+        ]
+    if name == "flow_matching":
+        return [
+            (
+                "eval.guidance_scale",
+                g == 1 or (g > 1 and cfg.objective.caption_dropout > 0),
+                "must be 1, or > 1 with objective.caption_dropout > 0 (classifier-free guidance)",
+            )
+        ]
+    return [("eval.guidance_scale", g == 1, "must be 1 (regression learns no guidance)")]
 
 
 def train_checks(t: TrainConfig) -> list[tuple[str, bool, str]]:

@@ -8,6 +8,7 @@ the file (or override) and the dotted key at fault. A section typed ``X | None``
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -54,11 +55,13 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str):
             # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it spells.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
