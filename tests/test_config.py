@@ -139,3 +139,14 @@ def test_every_config_value_loads_or_names_its_key():
             )
 
     check()
+
+
+def test_pipe_urls_run_shell_commands_only_when_allowed():
+    base = ["data.name=webdataset"]
+    with pytest.raises(
+        ConfigError, match="data.path = .* a pipe: URL runs a shell command.*data.allow_shell=true"
+    ):
+        load_config(None, [*base, "data.path=shards/a.tar::pipe:curl -s http://x/b.tar"])
+    cfg = load_config(None, [*base, "data.path=pipe:cat a.tar", "data.allow_shell=true"])
+    assert cfg.data.allow_shell
+    load_config(None, [*base, "data.path=shards/{0..3}.tar"])  # plain paths need nothing

@@ -65,7 +65,8 @@ def test_imagefolder_converts_good_rows_and_reports_bad_ones(imagefolder):
     assert item["pixel_values"].shape == (3, 16, 16)
     assert torch.allclose(item["pixel_values"], torch.ones(3, 16, 16))  # alpha 0 -> white
     deep = data.images[data.captions.index("sixteen bits")]
-    assert deep.max() == 255  # 16-bit scaled, not clipped to black or white garbage
+    # 16-bit samples scale by 65535 (not by the image's own maximum, which would turn it white)
+    assert deep.min() == deep.max() == round(40000 / 65535 * 255)
     red = data.images[data.captions.index("cmyk red")].float().mean((0, 1))
     assert red[0] > 200 and red[1] < 60  # CMYK converted
 
@@ -137,3 +138,20 @@ def test_training_on_an_imagefolder(imagefolder, tmp_path):
     )
     pipe = DriftingPipeline.from_pretrained(train_t2i(cfg))
     assert pipe("grey", output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_an_image_declaring_a_huge_size_is_skipped_before_decoding(monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from t2i_drift.data import images
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(buffer, format="PNG")
+    monkeypatch.setattr(images, "MAX_DECODE_PIXELS", 64 * 48 - 1)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1))
+    skip = images.decode_pixels(buffer.getvalue(), 16, 8)
+    assert skip == images.Skip("image too large to decode", f"64x48 exceeds {64 * 48 - 1} pixels")
+    assert not decoded  # rejected from the header, before any pixel was decoded

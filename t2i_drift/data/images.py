@@ -18,6 +18,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 EXAMPLES_PER_REASON = 3
+# Images whose header declares more pixels are skipped before decoding: a small compressed file
+# can otherwise expand to gigabytes (training crops to a few hundred pixels anyway).
+MAX_DECODE_PIXELS = 64 * 2**20
+
+
+class ImageTooLarge(ValueError):
+    """The header declares more than MAX_DECODE_PIXELS pixels."""
+
 
 # What PIL raises for broken or truncated files (SyntaxError for some malformed headers).
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -41,16 +49,22 @@ def open_image(value) -> Image.Image:
         image = Image.open(value)
     else:
         raise ValueError(f"unsupported image value of type {type(value).__name__}")
+    width, height = image.size  # from the header; nothing decoded yet
+    if width * height > MAX_DECODE_PIXELS:
+        raise ImageTooLarge(f"{width}x{height} exceeds {MAX_DECODE_PIXELS} pixels")
     image.load()
     return image
 
 
 def to_rgb_square(image: Image.Image, resolution: int) -> np.ndarray:
-    """Any PIL image -> [R, R, 3] uint8: RGB (alpha on white, 16-bit scaled), centre crop, resize."""
+    """Any PIL image -> [R, R, 3] uint8: RGB (alpha on white, 16-bit scaled by 65535), centre
+    crop, resize."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit samples span 0..65535 whatever the image's own maximum (a dark image stays dark);
+        # PIL opens 16-bit PNGs as mode I, whose values are the same 16-bit samples.
         arr = np.asarray(image, dtype=np.float32)
-        image = Image.fromarray((arr / max(float(arr.max()), 1.0) * 255).astype(np.uint8))
+        image = Image.fromarray((np.clip(arr / 65535.0, 0.0, 1.0) * 255).round().astype(np.uint8))
     if image.mode in ("RGBA", "LA", "P", "PA"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -73,6 +87,8 @@ def decode_pixels(value, resolution: int, min_size: int) -> np.ndarray | Skip:
         if min(image.size) < min_size:
             return Skip(f"smaller than {min_size}px", f"{image.size[0]}x{image.size[1]}")
         return to_rgb_square(image, resolution)
+    except ImageTooLarge as err:
+        return Skip("image too large to decode", str(err))
     except DECODE_ERRORS as err:
         return Skip("undecodable image", f"{type(err).__name__}: {err}")
 

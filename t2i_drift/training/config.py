@@ -48,6 +48,9 @@ class DataConfig:
     caption_keys: str = "txt;caption;json"
     """``webdataset`` only: member extensions whose captions are candidates (json: its caption /
     text field); one is picked at random per sample (seeded)."""
+    allow_shell: bool = False
+    """``webdataset`` only: allow ``pipe:<command>`` shard URLs, which run a shell command for
+    each shard. Off by default, so a recipe from elsewhere cannot run commands on your machine."""
     resampled: bool = False
     """``webdataset`` only: draw shards with replacement, forever (no epochs; the usual choice for
     multi-node runs, where shards cannot be split evenly)."""
@@ -467,6 +470,13 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             "data.path",
             cfg.data.name not in ("hf", "webdataset") or bool(cfg.data.path),
             "must be set when data.name is hf or webdataset",
+        ),
+        (
+            "data.path",
+            cfg.data.name != "webdataset"
+            or cfg.data.allow_shell
+            or not any(part.strip().startswith("pipe:") for part in (cfg.data.path or "").split("::")),
+            "a pipe: URL runs a shell command for every shard; set data.allow_shell=true to allow it",
         ),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0, "must be >= 0"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
