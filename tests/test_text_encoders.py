@@ -250,3 +250,53 @@ def test_training_with_two_encoders_exports_both(folders, tmp_path):
     assert len(list((tmp_path / "cache").rglob("shard-0.safetensors"))) == 1
     images = pipe("teapot", output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 16, 16, 3)
+
+
+def test_embedding_cache_concurrent_writers_never_lose_a_shard(folders, tmp_path, monkeypatch):
+    """Two writers that list the cache at the same moment (a barrier inside the write, where the
+    race was) keep both shards; a later reader finds every caption."""
+    import threading
+
+    import t2i_drift.text.cache as cache_module
+
+    tokenizer, model = load_text_encoder(folders["clip_proj"])
+    conditioner = TextConditioner([TextEncoderSlot(model, tokenizer, 16)])
+    barrier = threading.Barrier(2, timeout=60)
+    real_save = cache_module.save_file
+
+    def racing_save(*args, **kwargs):
+        barrier.wait()  # both writers have chosen their shard names
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "save_file", racing_save)
+    sets = (["teapot", "rocket"], ["a red apple on a table", "sun"])
+    threads = [
+        threading.Thread(
+            target=TextEmbeddingCache(tmp_path, conditioner).get, args=(c,), kwargs={"progress": False}
+        )
+        for c in sets
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    monkeypatch.setattr(cache_module, "save_file", real_save)
+    _, encoded = TextEmbeddingCache(tmp_path, conditioner).get(sets[0] + sets[1], progress=False)
+    assert encoded == 0
+
+
+def test_embedding_cache_moves_a_corrupt_shard_aside_and_re_encodes(folders, tmp_path):
+    tokenizer, model = load_text_encoder(folders["clip_proj"])
+    conditioner = TextConditioner([TextEncoderSlot(model, tokenizer, 16)])
+    cache = TextEmbeddingCache(tmp_path, conditioner)
+    expected, _ = cache.get(["teapot", "rocket"], progress=False)
+    (shard,) = cache.dir.glob("shard-*.safetensors")
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # cut short, e.g. a full disk
+    (cache.dir / "shard-stray.safetensors").write_text("not a shard")
+    with pytest.warns(UserWarning, match=r"shard-.*\.safetensors is unreadable"):
+        again, encoded = TextEmbeddingCache(tmp_path, conditioner).get(["teapot", "rocket"], progress=False)
+    assert encoded == 2
+    torch.testing.assert_close(again.pooled, expected.pooled)
+    assert (cache.dir / "corrupt-shard-stray.safetensors").is_file() and (
+        cache.dir / f"corrupt-{shard.name}"
+    ).is_file()

@@ -1,13 +1,15 @@
 """On-disk cache of text embeddings, so training and evaluation encode each caption once.
 
-Layout: ``<root>/<encoder key>/shard-<k>.safetensors``. Each shard holds ``embeds`` [n, T_k, Dt]
+Layout: ``<root>/<encoder key>/shard-<unique id>.safetensors``. Each shard holds ``embeds`` [n, T_k, Dt]
 (trimmed after the last token position any of its captions uses; zero-padded back on load), ``mask``
 [n, T_k], ``pooled`` [n, Dp] and, in its safetensors metadata, the sha256 of each caption in row
 order. The encoder key hashes everything that changes the output: every encoder's class, config
 and a fingerprint of its weights, its tokenizer's vocabulary, max length and pooling, and the
-token/pooled sources. A shard is written once
-(atomically: temp file, then rename) and never modified, so concurrent readers are safe; captions
-missing from the cache are encoded and written as a new shard.
+token/pooled sources. A shard is written once under a name no other writer can pick (atomically:
+temp file, then rename) and never modified, so concurrent writers and readers are safe; captions
+missing from the cache are encoded and written as a new shard. A shard that cannot be read (cut
+short, not a shard) is renamed ``corrupt-<name>`` with a warning naming it, and its captions are
+encoded again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,13 +110,40 @@ class TextEmbeddingCache:
         self.max_length = conditioner.max_length
 
     def _shards(self) -> list[Path]:
-        return sorted(self.dir.glob("shard-*.safetensors"), key=lambda p: int(p.stem.split("-")[1]))
+        return sorted(self.dir.glob("shard-*.safetensors"))
+
+    def _quarantine(self, shard: Path, err: Exception) -> None:
+        """Move an unreadable shard out of the cache (kept for inspection) and say so."""
+        target = shard.with_name(f"corrupt-{shard.name}")
+        try:
+            os.replace(shard, target)
+        except FileNotFoundError:  # another process moved it first
+            return
+        warnings.warn(
+            f"text embedding cache: {shard} is unreadable ({type(err).__name__}: {err}); moved to "
+            f"{target.name}, its captions are encoded again",
+            stacklevel=3,
+        )
+
+    def _read_keys(self, shard: Path) -> list[str]:
+        """The caption hashes of a shard, after checking that its tensors have one row each."""
+        with safe_open(str(shard), framework="pt") as f:
+            keys = json.loads((f.metadata() or {})["captions"])
+            rows = {name: f.get_slice(name).get_shape()[0] for name in ("embeds", "mask", "pooled")}
+        if set(rows.values()) != {len(keys)}:
+            raise ValueError(f"{len(keys)} captions but tensor rows {rows}")
+        return keys
 
     def _index(self) -> dict[str, tuple[Path, int]]:
         index: dict[str, tuple[Path, int]] = {}
         for shard in self._shards():
-            with safe_open(str(shard), framework="pt") as f:
-                keys = json.loads(f.metadata()["captions"])
+            try:
+                keys = self._read_keys(shard)
+            except FileNotFoundError:
+                continue
+            except Exception as err:  # any unreadable file: quarantine, re-encode
+                self._quarantine(shard, err)
+                continue
             for row, key in enumerate(keys):
                 index.setdefault(key, (shard, row))
         return index
@@ -125,15 +156,15 @@ class TextEmbeddingCache:
             "mask": emb.mask.contiguous().cpu(),
             "pooled": emb.pooled.contiguous().cpu(),
         }
-        shards = self._shards()
-        number = int(shards[-1].stem.split("-")[1]) + 1 if shards else 0
-        final = self.dir / f"shard-{number}.safetensors"
-        tmp = final.with_suffix(f".tmp{os.getpid()}")
+        # A name no concurrent writer can choose: two processes never replace each other's shard.
+        name = uuid.uuid4().hex
+        final = self.dir / f"shard-{name}.safetensors"
+        tmp = self.dir / f".tmp-{name}"
         save_file(tensors, str(tmp), metadata={"captions": json.dumps(keys)})
         os.replace(tmp, final)
 
     def get(
-        self, captions: Sequence[str], batch_size: int = 256, progress: bool = True
+        self, captions: Sequence[str], batch_size: int = 256, progress: bool = True, _retry: bool = True
     ) -> tuple[TextEmbeddings, int]:
         """Embeddings of ``captions`` in order, encoding (and caching) only the missing ones.
 
@@ -161,8 +192,15 @@ class TextEmbeddingCache:
         for shard, pairs in rows.items():
             out_idx = torch.tensor([o for o, _ in pairs])
             src_idx = torch.tensor([r for _, r in pairs])
-            with safe_open(str(shard), framework="pt") as f:
-                part = TextEmbeddings(*(f.get_tensor(name)[src_idx] for name in ("embeds", "mask", "pooled")))
+            try:
+                with safe_open(str(shard), framework="pt") as f:
+                    fields = (f.get_tensor(name)[src_idx] for name in ("embeds", "mask", "pooled"))
+                    part = TextEmbeddings(*fields)
+            except Exception as err:  # cut short after its header was read
+                if _retry:
+                    self._quarantine(shard, err)
+                    return self.get(captions, batch_size, progress, _retry=False)
+                raise
             part = part.padded(self.max_length)  # back to the full length
             if out is None:
                 fields = (part.embeds, part.mask, part.pooled)
