@@ -12,10 +12,11 @@ produced by the run's own text encoder / VAE / feature encoder and encodes again
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
-from t2i_drift.training.cache_features import cache_features
+from t2i_drift.training.cache_features import cache_features, check_out_dir
 from t2i_drift.training.config import ConfigError, load_config
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -32,13 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_images", action="store_true", help="do not store the images (latent runs)")
     parser.add_argument("--features", action="store_true", help="also store the positives' features")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage dtype")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a previous cache in --out_dir (its own files only)"
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.max_samples=100")
     args = parser.parse_args(argv)
     if args.shard_size < 1 or args.batch_size < 1:
         parser.error("--shard_size and --batch_size must be >= 1")
     try:
         cfg = load_config(args.config, list(args.overrides))
-    except ConfigError as err:
+        check_out_dir(Path(args.out_dir), args.overwrite)
+    except (ConfigError, ValueError) as err:
         parser.error(str(err))
     cache_features(
         cfg,
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         include_images=not args.no_images,
         include_features=args.features,
         dtype=DTYPES[args.dtype],
+        overwrite=args.overwrite,
     )
     return 0
 

@@ -96,6 +96,20 @@ def test_stale_cache_falls_back_to_encoding_with_a_warning(tmp_path):
     assert step.text.embeds.shape == fresh.embeds.shape  # re-encoded at max_length 8
     torch.testing.assert_close(step.text.embeds, fresh.embeds)
 
+    # A second cache into the same folder is refused; --overwrite replaces only the cache's own
+    # files (stale shards would otherwise be mixed in by a brace pattern).
+    with pytest.raises(ValueError, match="already holds a feature cache.*--overwrite"):
+        cache_features(cfg, out, shard_size=100, progress=False)
+    (out / "notes.txt").write_text("mine")
+    (out / "shard-000-000099.tar").write_bytes(b"stale")
+    cache_features(other, out, shard_size=100, progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine" and not (out / "shard-000-000099.tar").exists()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.csv").write_text("x")
+    with pytest.raises(ValueError, match="is not empty and holds no cache_meta.json"):
+        cache_features(cfg, foreign, overwrite=True, progress=False)
+
 
 def test_pixel_run_needs_images_and_cli_errors(tmp_path):
     cfg = load_config(RECIPE, BASE)

@@ -57,6 +57,32 @@ def _sample_tensors(
     return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
 
 
+def check_out_dir(out_dir: Path, overwrite: bool) -> bool:
+    """``out_dir`` must be new or empty, or (with ``overwrite``) a previous cache written here:
+    stale shards of an earlier dataset would otherwise be mixed in by a brace pattern. Returns
+    whether a previous cache is to be replaced. Raises ``ValueError`` naming the folder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out_dir {out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return False
+    if not (out_dir / META_FILE).is_file():
+        raise ValueError(
+            f"--out_dir {out_dir} is not empty and holds no {META_FILE}: choose a new or empty folder"
+        )
+    if not overwrite:
+        raise ValueError(
+            f"--out_dir {out_dir} already holds a feature cache ({META_FILE}); pass --overwrite to replace "
+            "it or choose a new folder"
+        )
+    return True
+
+
+def remove_previous_cache(out_dir: Path) -> None:
+    """Delete the files a previous cache_features run wrote in ``out_dir``, and nothing else."""
+    for path in [*out_dir.glob("shard-*.tar"), *out_dir.glob("cache_meta*.json"), out_dir / "config.yaml"]:
+        path.unlink(missing_ok=True)
+
+
 def cache_features(
     cfg: Config,
     out_dir: str | Path,
@@ -66,6 +92,7 @@ def cache_features(
     include_features: bool = False,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Encode the configured dataset once and write shards to ``out_dir``.
 
@@ -78,12 +105,18 @@ def cache_features(
             for features not cached.
         include_features: also store the frozen feature encoder's output on each positive.
         dtype: storage dtype of embeddings, latents and features (float16 halves the size).
+        overwrite: replace a previous cache in ``out_dir`` (:func:`check_out_dir`).
     Returns:
         the summary written to ``out_dir/cache_meta.json`` (per process: counts of this one).
     """
+    out_dir = Path(out_dir)
+    replace = check_out_dir(out_dir, overwrite)  # every process: the same error, before any work
     accelerator = Accelerator()
     rank = accelerator.process_index
-    out_dir = Path(out_dir)
+    accelerator.wait_for_everyone()
+    if replace and accelerator.is_main_process:
+        remove_previous_cache(out_dir)
+    accelerator.wait_for_everyone()
     out_dir.mkdir(parents=True, exist_ok=True)
     device = accelerator.device
 
