@@ -12,8 +12,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import tiny_pipeline
 from safetensors.torch import load_file
 
+from t2i_drift import DriftingPipeline
 from t2i_drift.training.checkpoint import list_checkpoints
 from t2i_drift.training.config import ConfigError, load_config
 from t2i_drift.training.runs import train_t2i
@@ -149,3 +151,15 @@ def test_optimizer_overrides_apply_on_resume(three_steps, tmp_path, capsys):
     assert "optimizer settings from this run's config" in log and "weight_decay: 0.01 -> 0.1" in log
     line = json.loads((out / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == 3 and line["lr"] == pytest.approx(5.0e-4)
+
+
+@pytest.mark.parametrize("delta, kind", [(1, "missing_keys"), (-1, "unexpected_keys")])
+def test_a_transformer_config_that_does_not_match_its_weights_is_refused(tmp_path, delta, kind):
+    """diffusers would leave missing layers on the meta device or drop extra weights silently."""
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    config_path = tmp_path / "pipe" / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["num_layers"] += delta
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"transformer: the weights do not match config.json \\({kind}"):
+        DriftingPipeline.from_pretrained(tmp_path / "pipe")

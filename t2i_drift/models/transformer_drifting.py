@@ -167,6 +167,24 @@ class DriftingTransformer2DModel(ModelMixin, ConfigMixin, AttentionMixin):
         nn.init.zeros_(self.final_layer.proj.bias)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
+        """diffusers' ``from_pretrained``, strict: weights that do not match ``config.json``
+        (missing, unexpected or differently shaped tensors) are an error naming the folder, where
+        diffusers would leave missing layers on the meta device and drop unexpected ones."""
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, output_loading_info=True, **kwargs
+        )
+        bad = {k: info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+        if bad:
+            where = pretrained_model_name_or_path
+            if kwargs.get("subfolder"):
+                where = f"{where}/{kwargs['subfolder']}"
+            details = "; ".join(f"{k}: {sorted(v)[:4]}{' ...' if len(v) > 4 else ''}" for k, v in bad.items())
+            raise ValueError(f"{where}: the weights do not match config.json ({details})")
+        return (model, info) if want_info else model
+
+    @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> DriftingTransformer2DModel:
         """Build a named size (see ``DRIFTING_PRESETS``); ``overrides`` set any config argument."""
         if name not in DRIFTING_PRESETS:
