@@ -155,3 +155,35 @@ def test_an_image_declaring_a_huge_size_is_skipped_before_decoding(monkeypatch):
     skip = images.decode_pixels(buffer.getvalue(), 16, 8)
     assert skip == images.Skip("image too large to decode", f"64x48 exceeds {64 * 48 - 1} pixels")
     assert not decoded  # rejected from the header, before any pixel was decoded
+
+
+def test_imagefolder_metadata_problems_are_counted_not_fatal(tmp_path):
+    """A non-UTF-8 line, a malformed line, a line without file_name, a row whose image is gone and
+    an image no row describes: each skipped and reported, the good rows read."""
+    from t2i_drift.data.hf import HFStreamingImageTextDataset
+    from t2i_drift.data.images import SkipLog
+
+    for name, colour in (("a.png", (255, 0, 0)), ("b.png", (0, 255, 0)), ("orphan.png", (0, 0, 255))):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / name)
+    lines = [
+        json.dumps({"file_name": "a.png", "text": "red"}).encode(),
+        b'{"file_name": "b.png", "text": "gr\\xfcn \xfc"}',  # latin-1 byte: not UTF-8
+        b'{"file_name": "b.png", "text": ',  # cut short
+        json.dumps({"text": "no file"}).encode(),
+        json.dumps({"file_name": "gone.png", "text": "deleted"}).encode(),
+        json.dumps({"file_name": "b.png", "text": "green"}).encode(),
+    ]
+    (tmp_path / "metadata.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    data = HFImageTextDataset(str(tmp_path), resolution=16, progress=False)
+    assert sorted(data.captions) == ["green", "red"]
+    assert data.skipped.counts == {
+        "metadata line not UTF-8": 1,
+        "malformed metadata line": 2,
+        "metadata row without its image": 1,
+        "image without a metadata row": 1,
+    }
+    assert "metadata.jsonl line 2" in data.report() and "orphan.png" in data.report()
+    stream = HFStreamingImageTextDataset(str(tmp_path), batch_size=1, resolution=16, shuffle_buffer=0)
+    log = SkipLog()
+    assert sorted(r.texts[0] for r in stream.records(log)) == ["green", "red"]
+    assert log.total == 5

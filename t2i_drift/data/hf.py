@@ -13,6 +13,7 @@ palette, CMYK, 16-bit and RGBA images are converted (alpha composited on white).
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +26,62 @@ from t2i_drift.data.images import SkipLog, decode_pixels
 from t2i_drift.data.rendered import RenderedImageCaptionDataset
 from t2i_drift.data.streaming import Record, StreamingImageTextDataset, distributed_rank_world
 
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
-def _load(source: str, split: str, streaming: bool = False):
+
+def read_imagefolder_jsonl(root: Path, image_column: str) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Rows of a local imagefolder whose captions are in ``metadata.jsonl``, read line by line so
+    that one bad line is skipped and reported instead of failing the whole folder.
+
+    Returns:
+        rows (``image_column`` -> the image path, plus the line's other fields) and skips as
+        ``(reason, example)`` pairs: undecodable (non-UTF-8) or malformed lines, lines without
+        ``file_name`` or whose file is missing, and images that no line describes.
+    """
+    metadata = root / "metadata.jsonl"
+    rows, skips, described = [], [], set()
+    for number, raw in enumerate(metadata.read_bytes().splitlines(), start=1):
+        where = f"{metadata.name} line {number}"
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            skips.append(("metadata line not UTF-8", f"{where} ({err.reason} at byte {err.start})"))
+            continue
+        except ValueError as err:
+            skips.append(("malformed metadata line", f"{where} ({err})"))
+            continue
+        name = entry.pop("file_name", None) if isinstance(entry, dict) else None
+        if not isinstance(name, str):
+            skips.append(("malformed metadata line", f"{where} (no file_name)"))
+            continue
+        image = root / name
+        described.add(image.resolve())
+        if not image.is_file():
+            skips.append(("metadata row without its image", f"{where} ({name})"))
+            continue
+        rows.append({**entry, image_column: str(image)})
+    for image in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+        if image.resolve() not in described:
+            skips.append(("image without a metadata row", str(image.relative_to(root))))
+    return rows, skips
+
+
+def _load(source: str, split: str, image_column: str = "image", streaming: bool = False):
+    """The ``datasets`` object of ``source`` and the skips found while reading its index (a local
+    imagefolder with metadata.jsonl is read here, line by line; everything else by datasets)."""
     import datasets
 
     path = Path(source)
+    if path.is_dir() and (path / "metadata.jsonl").is_file():
+        rows, skips = read_imagefolder_jsonl(path, image_column)
+        if not rows:
+            raise ValueError(
+                f"data.path={source!r}: metadata.jsonl describes no usable image ({len(skips)} skipped)"
+            )
+        data = datasets.Dataset.from_list(rows)
+        return (data.to_iterable_dataset() if streaming else data), skips
     if path.is_dir():
         builder, kwargs = "imagefolder", {"data_dir": str(path)}
     elif path.suffix in (".parquet", ".arrow") or "*" in source:
@@ -40,8 +92,13 @@ def _load(source: str, split: str, streaming: bool = False):
     else:
         builder, kwargs = source, {}  # a hub dataset name
     try:
-        return datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs)
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        return datasets.load_dataset(builder, split=split, streaming=streaming, **kwargs), []
+    except (
+        FileNotFoundError,
+        ValueError,
+        UnicodeDecodeError,
+        datasets.exceptions.DatasetNotFoundError,
+    ) as err:
         raise ValueError(f"data.path={source!r}: cannot load split {split!r} with datasets: {err}") from err
 
 
@@ -99,8 +156,10 @@ class HFImageTextDataset(RenderedImageCaptionDataset):
         progress: bool = True,
     ):
         columns = [caption_columns] if isinstance(caption_columns, str) else list(caption_columns)
-        data = _prepare_columns(_load(source, split), source, image_column, columns)
+        data, index_skips = _load(source, split, image_column)
+        data = _prepare_columns(data, source, image_column, columns)
         self.skipped = SkipLog()  # instance attribute (the base class default is None)
+        self.skipped.extend(index_skips)
         images, captions = [], []
         for row in tqdm(range(len(data)), desc="read dataset", disable=not progress):
             if max_samples is not None and len(images) >= max_samples:
@@ -163,11 +222,16 @@ class HFStreamingImageTextDataset(StreamingImageTextDataset):
         self.shuffle_buffer = shuffle_buffer
         self.max_samples = max_samples
         # Opened here so that a wrong path or column fails at startup, naming the key.
-        self.data = _prepare_columns(_load(source, split, streaming=True), source, image_column, self.columns)
+        data, self.index_skips = _load(source, split, image_column, streaming=True)
+        self.data = _prepare_columns(data, source, image_column, self.columns)
 
     def records(self, log: SkipLog) -> Iterator[Record]:
         from datasets.distributed import split_dataset_by_node
 
+        worker = torch.utils.data.get_worker_info()
+        if self.epoch == 0 and distributed_rank_world()[0] == 0 and (worker is None or worker.id == 0):
+            for reason, example in self.index_skips:  # once: by one process, one worker
+                log.add(reason, example)
         data = self.data
         rank, world = distributed_rank_world()
         if world > 1:
