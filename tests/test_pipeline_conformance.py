@@ -272,3 +272,14 @@ def test_any_call_arguments_work_or_name_the_argument(pipe):
             assert named, (kwargs, str(err))
 
     check()
+
+
+def test_a_call_too_large_for_the_machine_is_refused_before_allocating(pipe, monkeypatch):
+    with pytest.raises(
+        ValueError, match=r"num_images_per_prompt x prompts = 4000000 images of 1024x1024 need about"
+    ):
+        pipe("teapot", num_images_per_prompt=4_000_000, height=1024, width=1024)
+    monkeypatch.setattr(type(pipe), "available_bytes", staticmethod(lambda device: 2**20))
+    with pytest.raises(ValueError, match="more than the 0.0 GiB available"):
+        pipe("teapot", num_images_per_prompt=64)
+    assert len(pipe("teapot", output_type="np").images) == 1  # a small call still fits

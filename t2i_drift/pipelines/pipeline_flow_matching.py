@@ -183,6 +183,14 @@ class FlowMatchingPipeline(TextToImagePipeline):
             )
         self._guidance_scale = float(guidance_scale)
         self._attention_kwargs = attention_kwargs
+        prompts = (
+            prompt_embeds.shape[0]
+            if prompt_embeds is not None
+            else 1
+            if isinstance(prompt, str)
+            else len(prompt)
+        )
+        self.check_memory(prompts * num_images_per_prompt, height, width, self._execution_device)
         self._num_timesteps = num_inference_steps
         device = self._execution_device
 

@@ -12,6 +12,7 @@ Both :class:`~t2i_drift.pipelines.pipeline_drifting.DriftingPipeline` (one step)
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -260,6 +261,42 @@ class TextToImagePipeline(DiffusionPipeline):
             return tensors
         outputs = callback(self, step, timestep, {k: tensors[k] for k in tensor_inputs}) or {}
         return {**tensors, **{k: v for k, v in outputs.items() if k in tensors}}
+
+    def estimate_call_bytes(self, images: int, height: int, width: int, text_tokens: int = 77) -> int:
+        """A rough upper estimate of the working memory of one call making ``images`` images:
+        transformer activations (about 16 floats per token and channel), attention scores (tokens^2
+        per head, as SDPA's math kernel materializes them) and, in latent space, the VAE decoder
+        (about 512 floats per output pixel). Used to refuse, with a clear error, calls that could
+        only end in an allocation failure."""
+        cfg = self.transformer.config
+        f, p = self.vae_scale_factor, cfg.patch_size
+        tokens = (height // (f * p)) * (width // (f * p)) + cfg.num_register_tokens
+        if cfg.text_attention == "joint":
+            tokens += text_tokens
+        floats = images * tokens * cfg.hidden_size * 16 + images * cfg.num_attention_heads * tokens * tokens
+        if getattr(self, "vae", None) is not None:
+            floats += images * height * width * 512
+        return floats * 4
+
+    @staticmethod
+    def available_bytes(device: torch.device) -> int | None:
+        """Free accelerator memory, or the machine's physical memory for the CPU (None: unknown)."""
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+
+    def check_memory(self, images: int, height: int, width: int, device: torch.device) -> None:
+        """Refuse a call whose memory estimate exceeds what the device has."""
+        need, have = self.estimate_call_bytes(images, height, width), self.available_bytes(device)
+        if have is not None and need > have:
+            raise ValueError(
+                f"num_images_per_prompt x prompts = {images} images of {height}x{width} need about "
+                f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB available on {device}: "
+                "make fewer images per call or smaller ones"
+            )
 
     def default_size(self) -> int:
         """The trained image side in pixels."""
