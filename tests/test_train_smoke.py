@@ -135,7 +135,9 @@ def test_generate_script_writes_pngs(run_dir, tmp_path):
             "--out",
             str(tmp_path / "png"),
             "--prompt",
-            "rocket",
+            "red apple",
+            "--prompt",
+            "red-apple",  # the same file-name slug as "red apple": must not overwrite it
             "--grid",
             str(tmp_path / "g.png"),
         ],
@@ -145,10 +147,12 @@ def test_generate_script_writes_pngs(run_dir, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "png").glob("00_teapot_*.png"))) == 3
-    assert len(list((tmp_path / "png").glob("01_rocket_*.png"))) == 3
+    assert len(list((tmp_path / "png").glob("01_red_apple_*.png"))) == 3
+    assert len(list((tmp_path / "png").glob("02_red_apple_*.png"))) == 3
+    assert len(list((tmp_path / "png").glob("*.png"))) == 9
     from PIL import Image
 
-    assert Image.open(tmp_path / "g.png").size == (3 * 16, 2 * 16)
+    assert Image.open(tmp_path / "g.png").size == (3 * 16, 3 * 16)
 
 
 # Everything a checkpoint holds that a resumed run must reproduce.
