@@ -247,7 +247,7 @@ def test_training_with_two_encoders_exports_both(folders, tmp_path):
     pipe = DriftingPipeline.from_pretrained(pipe_dir)
     assert type(pipe.text_encoder_2) is transformers.CLIPTextModelWithProjection
     assert pipe.transformer.config.pooled_embed_dim == 384 + 16
-    assert len(list((tmp_path / "cache").rglob("shard-0.safetensors"))) == 1
+    assert len(list((tmp_path / "cache").rglob("shard-*.safetensors"))) == 1
     images = pipe("teapot", output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 16, 16, 3)
 

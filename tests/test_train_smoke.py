@@ -200,6 +200,8 @@ def test_resume_continues_exactly(run_dir, one_step_dir, tmp_path):
 
 
 class _Ignore:
+    param_groups: list = []  # nothing to restore into
+
     def load_state_dict(self, *args, **kwargs) -> None:
         pass
 

@@ -158,6 +158,7 @@ def load_checkpoint(
         {k: g[k] for k in ("weight_decay", "betas", "eps", "initial_lr") if k in g}
         for g in optimizer.param_groups
     ]
+    base_lrs = [g.get("initial_lr", g["lr"]) for g in scheduler.optimizer.param_groups]
     opt = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     optimizer.load_state_dict(opt)
     changed = set()
@@ -177,7 +178,7 @@ def load_checkpoint(
     sched_state = scheduler.state_dict()
     sched_state.update(meta["scheduler"])
     scheduler.load_state_dict(sched_state)
-    scheduler.base_lrs = [values["initial_lr"] for values in wanted]
+    scheduler.base_lrs = base_lrs
     # The saved optimizer holds the rate the *old* schedule set for the next step. A resumed run
     # may change what the schedule depends on (train.max_steps moves the MAE fine-tune boundary),
     # so the next step's rate comes from this run's schedule (the same number when nothing changed).
