@@ -200,16 +200,9 @@ class DriftingPipeline(TextToImagePipeline):
             generator=generator,
             latents=latents,
         )
-        self._guidance_scale = float(guidance_scale)
-        self._attention_kwargs = attention_kwargs
-        prompts = (
-            prompt_embeds.shape[0]
-            if prompt_embeds is not None
-            else 1
-            if isinstance(prompt, str)
-            else len(prompt)
+        self.begin_call(
+            prompt, prompt_embeds, num_images_per_prompt, height, width, guidance_scale, attention_kwargs
         )
-        self.check_memory(prompts * num_images_per_prompt, height, width, self._execution_device)
         device = self._execution_device
 
         # 2. Encode the prompt (the trainer's TextConditioner)

@@ -181,16 +181,9 @@ class FlowMatchingPipeline(TextToImagePipeline):
                 f"guidance_scale={guidance_scale} needs a model trained with dropped captions "
                 "(objective.caption_dropout > 0); this one was not"
             )
-        self._guidance_scale = float(guidance_scale)
-        self._attention_kwargs = attention_kwargs
-        prompts = (
-            prompt_embeds.shape[0]
-            if prompt_embeds is not None
-            else 1
-            if isinstance(prompt, str)
-            else len(prompt)
+        self.begin_call(
+            prompt, prompt_embeds, num_images_per_prompt, height, width, guidance_scale, attention_kwargs
         )
-        self.check_memory(prompts * num_images_per_prompt, height, width, self._execution_device)
         self._num_timesteps = num_inference_steps
         device = self._execution_device
 

@@ -298,6 +298,26 @@ class TextToImagePipeline(DiffusionPipeline):
                 "make fewer images per call or smaller ones"
             )
 
+    def begin_call(
+        self,
+        prompt: str | list[str] | None,
+        prompt_embeds: torch.Tensor | None,
+        num_images_per_prompt: int,
+        height: int,
+        width: int,
+        guidance_scale: float,
+        attention_kwargs: dict[str, Any] | None,
+    ) -> None:
+        """After the input checks: record the call's settings (the diffusers properties) and
+        refuse a call too large for the device's memory."""
+        self._guidance_scale = float(guidance_scale)
+        self._attention_kwargs = attention_kwargs
+        if prompt_embeds is not None:
+            prompts = prompt_embeds.shape[0]
+        else:
+            prompts = 1 if isinstance(prompt, str) else len(prompt)
+        self.check_memory(prompts * num_images_per_prompt, height, width, self._execution_device)
+
     def default_size(self) -> int:
         """The trained image side in pixels."""
         return self.transformer.config.sample_size * self.vae_scale_factor
