@@ -155,6 +155,8 @@ def _truncate_metrics(out_dir: Path, step: int) -> None:
 
 def _setup(cfg: Any, objective: Objective) -> _Run:
     check_trackers(list(cfg.train.report_to))
+    # Every process checks before the Accelerator's process-group rendezvous, so none can see the
+    # run.json / config.yaml that the main process writes after it.
     previous_run = check_output_dir(cfg.train)
     out_dir = Path(cfg.train.output_dir)
     seed = cfg.train.seed
