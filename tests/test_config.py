@@ -93,10 +93,20 @@ def test_save_and_reload_roundtrip(tmp_path):
 def test_shipped_recipes_load():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).parent.parent.joinpath("recipes").glob("*.yaml"))
-    assert recipes, "no recipes found"
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from t2i_drift.training.mae_config import load_mae_config
+
+    root = Path(__file__).parent.parent / "recipes"
+    recipes = sorted(root.glob("*.yaml")) + sorted(root.glob("gpu/*.yaml"))
+    assert len(recipes) >= 6, "recipes missing"
     for recipe in recipes:
         load_config(recipe)
+    for recipe in sorted(root.glob("mae/*.yaml")):
+        load_mae_config(recipe)
+    topologies = {p.stem: load_config_from_file(str(p)) for p in root.glob("accelerate/*.yaml")}
+    assert {"cpu", "ddp", "fsdp", "hsdp"} <= set(topologies)
+    assert topologies["fsdp"].fsdp_config["fsdp_version"] == 2
 
 
 def test_default_recipe_file_equals_builtin_defaults():

@@ -1,6 +1,5 @@
 """End to end: a 2-step run on real data writes a loadable pipeline; checkpoints resume exactly."""
 
-import copy
 import json
 import shutil
 from pathlib import Path
@@ -200,8 +199,6 @@ def test_resume_continues_exactly(run_dir, one_step_dir, tmp_path):
 
 
 class _Ignore:
-    param_groups: list = []  # nothing to restore into
-
     def load_state_dict(self, *args, **kwargs) -> None:
         pass
 
@@ -213,13 +210,17 @@ def test_resume_check_fails_when_a_part_is_not_restored(run_dir, one_step_dir, t
     state gives a different checkpoint-2."""
     from t2i_drift.training import checkpoint
 
-    restore = checkpoint.load_checkpoint
+    if part == "model":
+        monkeypatch.setattr(checkpoint, "load_full_state_dict", lambda *args, **kwargs: None)
+    elif part == "optimizer":
+        monkeypatch.setattr(checkpoint, "load_full_optimizer_state", lambda *args, **kwargs: None)
+    else:
+        restore = checkpoint.load_checkpoint
 
-    def partial_restore(path, **kwargs):
-        kwargs[part] = copy.deepcopy(kwargs["model"]) if part == "model" else _Ignore()
-        return restore(path, **kwargs)
+        def without_ema(path, **kwargs):
+            return restore(path, **{**kwargs, "ema": _Ignore()})
 
-    monkeypatch.setattr(checkpoint, "load_checkpoint", partial_restore)
+        monkeypatch.setattr(checkpoint, "load_checkpoint", without_ema)
     resumed = _resume_to_step_2(one_step_dir, tmp_path / "resumed")
     assert _differences(run_dir / "checkpoints" / "checkpoint-2", resumed) != []
 
@@ -309,54 +310,6 @@ def test_compare_grids_script(run_dir, tmp_path):
         == 0
     )
     assert Image.open(out).size == (2 * 32 + 12, 16 + 20)
-
-
-def test_two_process_ddp_run_on_cpu(tmp_path):
-    """2 gloo processes (ACCELERATE_USE_CPU=1 --multi_gpu; without it, --multi_gpu on a CPU
-    machine starts two unsynchronised copies): the drift statistics are all-reduced, each process
-    checkpoints its RNG, the main process exports."""
-    import os
-    import shutil
-    import socket
-    import subprocess
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = Path(__file__).parent.parent
-    proc = subprocess.run(
-        [
-            shutil.which("accelerate"),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(port),
-            str(root / "scripts/train_t2i.py"),
-            "--config",
-            str(RECIPE),
-            "--output_dir",
-            str(tmp_path / "ddp"),
-            "--max_steps",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HOME": str(tmp_path / "hf")},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout
-    ckpt = tmp_path / "ddp" / "checkpoints" / "checkpoint-2"
-    assert (ckpt / "rng_state_0.safetensors").is_file() and (ckpt / "rng_state_1.safetensors").is_file()
-    assert (tmp_path / "ddp" / PIPELINE_SUBDIR / "model_index.json").is_file()
 
 
 def test_export_checkpoint_ema_raw_and_bf16_variant(run_dir, tmp_path):

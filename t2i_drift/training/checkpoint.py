@@ -2,12 +2,13 @@
 
 Layout of ``<output_dir>/checkpoints/checkpoint-<step>/``:
 
-    transformer/               save_pretrained folder of the online weights (``model_subfolder``:
-                               another name for another model, e.g. ``mae``)
+    transformer/               config.json + safetensors of the online weights, as save_pretrained
+                               writes them (``model_subfolder``: another name for another model,
+                               e.g. ``mae``)
     ema.safetensors            EMA shadow parameters (same order as model.parameters())
-    optimizer.safetensors      every tensor of optimizer.state_dict()["state"]
-    trainer_state.json         step, epoch, optimizer param_groups and scalar state, EMA and
-                               scheduler scalars, saved config
+    optimizer.safetensors      the optimizer's tensors, keyed ``<parameter name>:<state name>``
+    trainer_state.json         step, epoch, optimizer param_groups (parameters by name) and
+                               scalar state, EMA and scheduler scalars, saved config
     rng_state_<rank>.safetensors  torch CPU (and CUDA) generator states of each process
 
 Writes are atomic: every process writes into ``.tmp-checkpoint-<step>/`` and the main process
@@ -15,6 +16,9 @@ renames it to ``checkpoint-<step>`` once all parts are on disk, so a run killed 
 full disk) never leaves a ``checkpoint-N`` that looks complete. ``latest`` takes the newest
 complete checkpoint of the run; a checkpoint missing a part is an error naming the file.
 Checkpoints carry their run's id, and rotation deletes only the current run's.
+
+Every tensor is saved whole (gathered from FSDP shards: training/sharding.py), so a checkpoint
+resumes on any number of processes and topology, and exports without the trainer.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ import torch
 from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
 from safetensors.torch import load_file, save_file
 
+from t2i_drift.training.sharding import (
+    full_optimizer_state,
+    full_state_dict,
+    full_tensors,
+    load_full_optimizer_state,
+    load_full_state_dict,
+    shard_like,
+    unsharded_class,
+)
+
 CHECKPOINT_PREFIX = "checkpoint-"
 TMP_PREFIX = ".tmp-"  # a checkpoint being written
 OLD_PREFIX = ".old-"  # a checkpoint being replaced by a newer write of the same step
@@ -43,20 +57,9 @@ class TrainerState:
     run_id: str = ""
 
 
-def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into tensors (for safetensors) and JSON-able scalars."""
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, param_state in state_dict["state"].items():
-        for name, value in param_state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(idx), {})[name] = value
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def _unflatten_legacy_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer state dict of a checkpoint written before states were keyed by parameter
+    name (tensors ``<index>.<state name>``)."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)
@@ -95,15 +98,15 @@ def save_checkpoint(
     saved per process so a resumed run draws exactly what an uninterrupted one would."""
     path.mkdir(parents=True, exist_ok=True)
     save_file(_rng_tensors(generators or {}), str(path / f"rng_state_{process_index}.safetensors"))
+    # Collective under FSDP: every process gathers, the main process writes (training/sharding.py).
+    weights = full_state_dict(model)
+    ema_state = ema.state_dict()
+    shadow = full_tensors(ema_state.pop("shadow_params"))
+    opt_tensors, opt_meta = full_optimizer_state(model, optimizer)
     if not is_main_process:
         return
-    model.save_pretrained(path / model_subfolder)
-    ema_state = ema.state_dict()
-    save_file(
-        {f"{i}": p.detach().contiguous().cpu() for i, p in enumerate(ema_state.pop("shadow_params"))},
-        str(path / "ema.safetensors"),
-    )
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    save_model_folder(model, weights, path / model_subfolder)
+    save_file({f"{i}": p for i, p in enumerate(shadow)}, str(path / "ema.safetensors"))
     save_file(opt_tensors, str(path / "optimizer.safetensors"))
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     (path / "trainer_state.json").write_text(
@@ -121,6 +124,16 @@ def save_checkpoint(
             indent=2,
         )
     )
+
+
+def save_model_folder(model: torch.nn.Module, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    """What ``model.save_pretrained(folder)`` writes (config.json + safetensors weights), from
+    gathered ``weights``; the config names the model's own class, not FSDP's wrapper of it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads(model.to_json_string())
+    config["_class_name"] = unsharded_class(model).__name__
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(weights, str(folder / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
 
 
 def load_checkpoint(
@@ -142,15 +155,13 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} is incomplete: {path / missing[0]} is missing")
     meta = json.loads((path / "trainer_state.json").read_text())
     weights = load_file(str(path / model_subfolder / SAFETENSORS_WEIGHTS_NAME))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}/{model_subfolder} does not match the model: missing {missing}, unexpected {unexpected}"
-        )
+    load_full_state_dict(model, weights, f"{path}/{model_subfolder}")
     shadow = load_file(str(path / "ema.safetensors"))
+    params = list(model.parameters())
+    if len(shadow) != len(params):
+        raise ValueError(f"{path}/ema.safetensors holds {len(shadow)} tensors, the model {len(params)}")
     ema_state = dict(meta["ema"])
-    device = next(model.parameters()).device
-    ema_state["shadow_params"] = [shadow[str(i)].to(device) for i in range(len(shadow))]
+    ema_state["shadow_params"] = [shard_like(shadow[str(i)], p) for i, p in enumerate(params)]
     ema.load_state_dict(ema_state)
     # This run's hyperparameters (optim.* of the config, possibly overridden for the resume)
     # win over the checkpoint's: the moments and the step count are what a resume restores.
@@ -159,8 +170,13 @@ def load_checkpoint(
         for g in optimizer.param_groups
     ]
     base_lrs = [g.get("initial_lr", g["lr"]) for g in scheduler.optimizer.param_groups]
-    opt = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
-    optimizer.load_state_dict(opt)
+    opt_tensors = load_file(str(path / "optimizer.safetensors"))
+    if meta["optimizer"].get("format") == "by-name":
+        load_full_optimizer_state(
+            model, optimizer, opt_tensors, meta["optimizer"], f"{path}/optimizer.safetensors"
+        )
+    else:
+        optimizer.load_state_dict(_unflatten_legacy_optimizer(opt_tensors, meta["optimizer"]))
     changed = set()
     for group, values in zip(optimizer.param_groups, wanted, strict=True):
         for key, value in values.items():

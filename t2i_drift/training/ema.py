@@ -7,6 +7,7 @@ from diffusers import ModelMixin
 from diffusers.training_utils import EMAModel
 
 from t2i_drift.training.config import OptimConfig
+from t2i_drift.training.sharding import full_tensors, unsharded_class
 
 
 def make_ema(model: ModelMixin, optim: OptimConfig, device: torch.device) -> EMAModel:
@@ -17,7 +18,7 @@ def make_ema(model: ModelMixin, optim: OptimConfig, device: torch.device) -> EMA
         model.parameters(),
         decay=optim.ema_decay,
         use_ema_warmup=optim.ema_warmup,
-        model_cls=type(model),
+        model_cls=unsharded_class(model),
         model_config=model.config,
     )
     ema.to(device)
@@ -25,7 +26,13 @@ def make_ema(model: ModelMixin, optim: OptimConfig, device: torch.device) -> EMA
 
 
 def ema_copy(model: ModelMixin, ema: EMAModel) -> ModelMixin:
-    """A new model of ``model``'s class and config carrying the EMA weights (``model`` untouched)."""
-    averaged = type(model).from_config(model.config)
-    ema.copy_to(averaged.parameters())
+    """A new, unsharded model of ``model``'s class and config on the CPU carrying the EMA weights
+    (``model`` untouched). Collective under FSDP: every process must call it. It leaves the global
+    random state as it was (the new model's initialization draws nothing a resumed run would miss)."""
+    shadow = full_tensors(ema.shadow_params)
+    with torch.random.fork_rng(devices=[]):
+        averaged = unsharded_class(model).from_config(model.config)
+    with torch.no_grad():
+        for param, value in zip(averaged.parameters(), shadow, strict=True):
+            param.copy_(value)
     return averaged

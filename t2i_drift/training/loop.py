@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from t2i_drift.data.images import SkipLog
@@ -42,6 +43,7 @@ from t2i_drift.training.checkpoint import TrainerState, resume_if_requested, sav
 from t2i_drift.training.config import ConfigError, save_config
 from t2i_drift.training.ema import ema_copy, make_ema
 from t2i_drift.training.objectives.base import Objective
+from t2i_drift.training.sharding import check_topology, describe_sharding, is_sharded
 
 
 def peak_memory_mb() -> float:
@@ -51,13 +53,13 @@ def peak_memory_mb() -> float:
 
 
 @dataclass
-class _Run:
+class Run:
     """Everything the step loop touches."""
 
     cfg: Any
     objective: Objective
     accelerator: Accelerator
-    source: DataSource
+    source: DataSource | None  # None: synthetic inputs (training/synthetic.py)
     model: torch.nn.Module  # prepared (DDP-wrapped in distributed runs)
     unwrapped: Any
     optimizer: Any
@@ -74,7 +76,7 @@ class _Run:
 def train(cfg: Any, objective: Objective) -> Path:
     """Run ``objective`` with the ``data``, ``optim`` and ``train`` sections of ``cfg``; returns the
     output folder. Exact resume: ``train.resume_from_checkpoint`` (a folder or ``latest``)."""
-    run = _setup(cfg, objective)
+    run = setup(cfg, objective)
     progress = tqdm(
         total=objective.total_steps,
         initial=run.state.step,
@@ -153,7 +155,7 @@ def _truncate_metrics(out_dir: Path, step: int) -> None:
             path.write_text("".join(line + "\n" for line in kept))
 
 
-def _setup(cfg: Any, objective: Objective) -> _Run:
+def setup(cfg: Any, objective: Objective) -> Run:
     check_trackers(list(cfg.train.report_to))
     # Every process checks before the Accelerator's process-group rendezvous, so none can see the
     # run.json / config.yaml that the main process writes after it.
@@ -170,7 +172,11 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
         kwargs_handlers=objective.prepare_run(source),
     )
-    set_seed(seed, device_specific=True)
+    check_topology(accelerator)
+    # The same seed on every process while the model is built: FSDP2 shards each process's own
+    # initialization without broadcasting it (DDP would copy process 0's), so the processes must
+    # initialize identically. Their random streams part after the build.
+    set_seed(seed)
     run_id = _claim_output_dir(accelerator, out_dir, cfg, previous_run)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
@@ -181,6 +187,8 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
     # from the global RNG at any time).
     rng = torch.Generator(device=accelerator.device).manual_seed(seed * 1000 + accelerator.process_index)
     model = objective.build(accelerator, source, rng)
+    if accelerator.num_processes > 1:
+        set_seed(seed, device_specific=True)
     optimizer = build_optimizer(model, cfg.optim)
     # Stepped once per optimizer step on every process (not through accelerator.prepare, which
     # would step it num_processes times and shorten the warm-up in distributed runs).
@@ -205,15 +213,16 @@ def _setup(cfg: Any, objective: Objective) -> _Run:
     state.run_id = state.run_id or run_id  # checkpoints from before run ids adopt this run's
     if accelerator.is_main_process:
         _truncate_metrics(out_dir, state.step)
-    accelerator.print(
-        f"{source.describe()} | {objective.describe(unwrapped)} | {accelerator.num_processes} process(es)"
-    )
-    return _Run(
+    layout = f"{accelerator.num_processes} process(es)"
+    if is_sharded(unwrapped):
+        layout += f", {describe_sharding(unwrapped)}"
+    accelerator.print(f"{source.describe()} | {objective.describe(unwrapped)} | {layout}")
+    return Run(
         cfg, objective, accelerator, source, model, unwrapped, optimizer, scheduler, ema, rng, state, out_dir
     )
 
 
-def _micro_batches(run: _Run) -> Iterator[dict]:
+def micro_batches(run: Run) -> Iterator[dict]:
     """Batches from the saved (epoch, batch) position on, epoch after epoch; ``run.state`` counts
     what has been consumed, so a checkpoint taken between two optimizer steps resumes exactly."""
     state = run.state
@@ -233,14 +242,16 @@ def _micro_batches(run: _Run) -> Iterator[dict]:
         state.batches_in_epoch = 0
 
 
-def _run_epochs(run: _Run, progress: tqdm, t_start: float) -> None:
+def _run_epochs(run: Run, progress: tqdm, t_start: float) -> None:
     """Optimizer steps until ``objective.total_steps``, each over ``gradient_accumulation_steps``
     micro-batches (an epoch boundary may fall inside a step)."""
     state, total = run.state, run.objective.total_steps
     accumulation = run.cfg.train.gradient_accumulation_steps
-    stream = _micro_batches(run)
+    stream = micro_batches(run)
     while state.step < total:
-        lr = _step(run, [next(stream) for _ in range(accumulation)])
+        with run.objective.timer("data"):
+            batches = [next(stream) for _ in range(accumulation)]
+        lr = optimizer_step(run, batches)
         state.step += 1
         run.steps_this_run += 1
         progress.update(1)
@@ -249,15 +260,15 @@ def _run_epochs(run: _Run, progress: tqdm, t_start: float) -> None:
         _maybe_validate(run)
 
 
-def _step(run: _Run, micro_batches: list[dict]) -> float:
-    """One optimizer step over ``micro_batches``; returns the learning rate it used.
+def optimizer_step(run: Run, batches: list[dict]) -> float:
+    """One optimizer step over the micro-batches ``batches``; returns the learning rate it used.
 
     Each micro-batch's loss is backpropagated at 1/k weight; in distributed runs the gradients
     are all-reduced once, with the last micro-batch. Logged statistics are micro-batch means."""
     run.objective.begin_step(run.state.step, run.unwrapped, run.ema)
-    k = len(micro_batches)
+    k = len(batches)
     totals: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(micro_batches):
+    for i, batch in enumerate(batches):
         sync = contextlib.nullcontext() if i == k - 1 else run.accelerator.no_sync(run.model)
         with sync:
             loss, stats = run.objective.loss(run.model, batch, run.state.step)
@@ -267,25 +278,29 @@ def _step(run: _Run, micro_batches: list[dict]) -> float:
                     f"non-finite {run.objective.name} loss {loss.item()} at step {run.state.step + 1} "
                     f"(stats: {values})"
                 )
-            run.accelerator.backward(loss / k)
+            with run.objective.timer("generator backward"):
+                run.accelerator.backward(loss / k)
         stats["loss"] = loss.detach()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value.detach().float() / k
     lr = run.optimizer.param_groups[0]["lr"]
     max_norm = run.cfg.optim.max_grad_norm
-    if max_norm > 0:
-        totals["grad_norm"] = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm).float()
-    run.optimizer.step()
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.ema.step(run.unwrapped.parameters())
+    with run.objective.timer("optimizer"):
+        if max_norm > 0:
+            norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
+            totals["grad_norm"] = (norm.full_tensor() if isinstance(norm, DTensor) else norm).float()
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    with run.objective.timer("ema"):
+        run.ema.step(run.unwrapped.parameters())
     for key, value in totals.items():  # device tensors: no sync until the log step
         run.window[key] = run.window.get(key, 0.0) + value
     run.window_steps += 1
     return lr
 
 
-def _maybe_log(run: _Run, lr: float, progress: tqdm, t_start: float) -> None:
+def _maybe_log(run: Run, lr: float, progress: tqdm, t_start: float) -> None:
     """Write the window's mean stats every ``train.log_every`` steps, at the end, and at every
     phase change (so no line mixes two phases)."""
     step, objective = run.state.step, run.objective
@@ -311,7 +326,7 @@ def _maybe_log(run: _Run, lr: float, progress: tqdm, t_start: float) -> None:
         run.accelerator.log(objective.tracker_stats(line), step=step)
 
 
-def _maybe_checkpoint(run: _Run) -> None:
+def _maybe_checkpoint(run: Run) -> None:
     step = run.state.step
     if step % run.cfg.train.checkpointing_steps and step != run.objective.total_steps:
         return
@@ -331,24 +346,29 @@ def _maybe_checkpoint(run: _Run) -> None:
     run.accelerator.print(f"saved {path.name} ({path})")
 
 
-def _maybe_validate(run: _Run) -> None:
+def _maybe_validate(run: Run) -> None:
     """Every ``train.validation_steps`` (and at the end): render ``train.validation_prompts`` with
     the EMA weights (what the export will hold) as a labelled grid, save it as
     ``validation/step-N.png`` and send it to the trackers. Main process only."""
     train, step = run.cfg.train, run.state.step
-    if not train.validation_prompts or not run.accelerator.is_main_process:
+    if not train.validation_prompts or (step % train.validation_steps and step != run.objective.total_steps):
         return
-    if step % train.validation_steps and step != run.objective.total_steps:
-        return
-    params = list(run.unwrapped.parameters())
-    run.ema.store(params)
-    run.ema.copy_to(params)
-    try:
-        rows = run.objective.validation_images(
-            run.unwrapped, list(train.validation_prompts), train.num_validation_images, train.seed
-        )
-    finally:
-        run.ema.restore(params)
+    prompts, count = list(train.validation_prompts), train.num_validation_images
+    if is_sharded(run.unwrapped):  # a sharded forward needs every process: gather a full copy
+        averaged = ema_copy(run.unwrapped, run.ema).to(run.accelerator.device)
+        if not run.accelerator.is_main_process:
+            return
+        rows = run.objective.validation_images(averaged, prompts, count, train.seed)
+    else:
+        if not run.accelerator.is_main_process:
+            return
+        params = list(run.unwrapped.parameters())
+        run.ema.store(params)
+        run.ema.copy_to(params)
+        try:
+            rows = run.objective.validation_images(run.unwrapped, prompts, count, train.seed)
+        finally:
+            run.ema.restore(params)
     if rows is None:
         return
     grid = labelled_grid(rows, list(train.validation_prompts), cell=max(128, run.cfg.data.resolution))
@@ -391,7 +411,7 @@ def tracker_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _samples_per_step(run: _Run) -> int:
+def _samples_per_step(run: Run) -> int:
     """Samples per optimizer step over all processes and micro-batches."""
     return (
         run.objective.samples_per_step
@@ -407,7 +427,7 @@ def _device_name(device: torch.device) -> str:
     return device.type.upper()
 
 
-def _finish(run: _Run, wall: float) -> None:
+def _finish(run: Run, wall: float) -> None:
     """Report skipped data from every process, export the EMA model, write the run summary."""
     accelerator = run.accelerator
     skips = SkipLog()
@@ -420,15 +440,14 @@ def _finish(run: _Run, wall: float) -> None:
         skips.merge(SkipLog.from_dict(part))
     if skips.total:
         accelerator.print(f"data: {skips.report()}")
+    averaged = ema_copy(run.unwrapped, run.ema).eval()  # collective under FSDP
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         run_info: dict[str, Any] = {"device": _device_name(accelerator.device)}
         run_info["num_processes"] = accelerator.num_processes
         if run.steps_this_run == run.state.step:  # a resumed run knows only its last session's time
             run_info["train_wall_s"] = round(wall, 1)
-        exported = run.objective.export(
-            ema_copy(run.unwrapped, run.ema).eval(), run.out_dir, run.state.step, run_info
-        )
+        exported = run.objective.export(averaged, run.out_dir, run.state.step, run_info)
         summary = {
             "steps": run.state.step,
             "steps_this_run": run.steps_this_run,

@@ -26,6 +26,7 @@ from diffusers.training_utils import EMAModel
 
 from t2i_drift.data.source import DataSource
 from t2i_drift.training.config import OptimConfig
+from t2i_drift.training.step_timer import DISABLED, StepTimer
 
 
 def warmup_then_constant(step: int, warmup_steps: int, start_factor: float | None = None) -> float:
@@ -51,6 +52,8 @@ class Objective(ABC):
     """Label of the progress bar and of errors."""
     model_subfolder: str = "model"
     """Folder of the trained model inside each checkpoint."""
+    timer: StepTimer = DISABLED
+    """Times the phases of a step (the loop's and the objective's); enabled only by benchmarks."""
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

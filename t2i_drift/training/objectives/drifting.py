@@ -30,6 +30,12 @@ class DriftingObjective(TextToImageObjective):
         self.features = build_feature_encoder(cfg.features, cfg.data.resolution, self.vae).to(
             accelerator.device
         )
+        self.init_drift(accelerator)
+        self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution)
+
+    def init_drift(self, accelerator: Any) -> None:
+        """The field's options (and the per-key weights, fixed at the first step)."""
+        cfg = self.cfg
         budget = cfg.drift.memory_budget_mb
         self.options = DriftOptions(
             temperatures=tuple(cfg.drift.temperatures),
@@ -39,7 +45,6 @@ class DriftingObjective(TextToImageObjective):
             mask_self=cfg.drift.mask_self,
         )
         self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
-        self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution)
 
     def cached_features(self) -> tuple[Any, torch.nn.Module]:
         return self.cfg.features, self.features
@@ -99,8 +104,9 @@ class DriftingObjective(TextToImageObjective):
     def loss(
         self, model: torch.nn.Module, batch: dict, step: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        drift, rng = self.cfg.drift, self.rng
-        inputs = self.inputs(batch)
+        drift, rng, timer = self.cfg.drift, self.rng, self.timer
+        with timer("text and positives"):
+            inputs = self.inputs(batch)
         real, emb = inputs.real, inputs.text  # [B, C, H, W]; embeds [B, T, Dt]
         B, G = real.shape[0], drift.samples_per_prompt
         device = real.device
@@ -111,36 +117,41 @@ class DriftingObjective(TextToImageObjective):
         style = self.accelerator.unwrap_model(model).sample_style_indices(B * G, generator=rng, device=device)
         cond = emb.repeat(G)  # embeds [B*G, T, Dt]: sample b*G + i is prompt b's
         with self.accelerator.autocast():
-            generated = model(
-                hidden_states=noise,
-                encoder_hidden_states=cond.embeds,
-                encoder_attention_mask=cond.mask,
-                pooled_projections=cond.pooled,
-                guidance=alpha.repeat_interleave(G),
-                style_indices=style,
-            ).sample  # [B*G, C, H, W]
-            gen_features = self.features(generated)  # key -> [B*G, L, D], with grad
-            real_features = inputs.real_features  # key -> [B, L, D], when cached in the data
-            if real_features is None:
-                with torch.no_grad():
-                    real_features = self.features(real)
-            elif set(real_features) != set(gen_features):
-                raise ValueError(
-                    f"cached positive features have keys {sorted(real_features)} but the feature "
-                    f"encoder produces {sorted(gen_features)}"
-                )
-            extra_features = self.extra_positive_features(batch, B)
+            with timer("generator forward"):
+                generated = model(
+                    hidden_states=noise,
+                    encoder_hidden_states=cond.embeds,
+                    encoder_attention_mask=cond.mask,
+                    pooled_projections=cond.pooled,
+                    guidance=alpha.repeat_interleave(G),
+                    style_indices=style,
+                ).sample  # [B*G, C, H, W]
+            # In a timed backward, everything up to this gradient is the features' share.
+            timer.split_at(generated, "features backward")
+            with timer("features forward"):
+                gen_features = self.features(generated)  # key -> [B*G, L, D], with grad
+                real_features = inputs.real_features  # key -> [B, L, D], when cached in the data
+                if real_features is None:
+                    with torch.no_grad():
+                        real_features = self.features(real)
+                elif set(real_features) != set(gen_features):
+                    raise ValueError(
+                        f"cached positive features have keys {sorted(real_features)} but the feature "
+                        f"encoder produces {sorted(gen_features)}"
+                    )
+                extra_features = self.extra_positive_features(batch, B)
         if self.key_weights is None:
             self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
-        loss, stats = text_to_image_drift_loss(
-            gen_features,
-            real_features,
-            G,
-            alpha,
-            inputs.caption_ids,
-            self.options,
-            key_weights=self.key_weights,
-            extra_positives=extra_features,
-        )
+        with timer("drift field"):
+            loss, stats = text_to_image_drift_loss(
+                gen_features,
+                real_features,
+                G,
+                alpha,
+                inputs.caption_ids,
+                self.options,
+                key_weights=self.key_weights,
+                extra_positives=extra_features,
+            )
         stats["alpha_mean"] = alpha.mean()
         return loss, stats

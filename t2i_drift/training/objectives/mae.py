@@ -119,8 +119,9 @@ class MAEObjective(Objective):
     def begin_step(self, step: int, model: ResNetMAE, ema: EMAModel) -> None:
         if self.finetune_steps and step == self.cfg.train.max_steps:
             # Keep the pretraining EMA model, then restart the EMA from the online weights.
+            pretrained = ema_copy(model, ema)  # collective under FSDP
             if self.accelerator.is_main_process:
-                ema_copy(model, ema).save_pretrained(Path(self.cfg.train.output_dir) / MAE_PRETRAINED_SUBDIR)
+                pretrained.save_pretrained(Path(self.cfg.train.output_dir) / MAE_PRETRAINED_SUBDIR)
             ema.shadow_params = [p.detach().clone() for p in model.parameters()]
             ema.optimization_step = 0  # the decay warm-up starts again
 

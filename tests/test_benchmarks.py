@@ -1,0 +1,133 @@
+"""The step breakdown (training/step_timer.py, scripts/bench_train.py) and the GPU check script
+(scripts/gpu_check.sh --tiny, on CPU). Figures are not asserted, only that every phase is
+measured and the reports are complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i_drift.training.step_timer import StepTimer
+
+ROOT = Path(__file__).parent.parent
+OFFLINE = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def _slow_square(x: torch.Tensor) -> torch.Tensor:
+    class Slow(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value):
+            return value * value
+
+        @staticmethod
+        def backward(ctx, grad):
+            import time
+
+            time.sleep(0.05)
+            return grad
+
+    return Slow.apply(x)
+
+
+def test_split_at_charges_the_backward_before_a_gradient_to_its_own_phase():
+    """The backward of what comes after ``generated`` (a slow op here) is charged to the split
+    phase, the rest of the backward to the phase itself; a disabled timer records nothing."""
+    timer = StepTimer(enabled=True)
+    x = torch.ones(4, requires_grad=True)
+    generated = x * 2
+    timer.split_at(generated, "features backward")
+    loss = _slow_square(generated).sum()
+    with timer("generator backward"):
+        loss.backward()
+    assert timer.seconds["features backward"] >= 0.05
+    assert timer.seconds["generator backward"] < 0.05
+    off = StepTimer()
+    y = torch.ones(2, requires_grad=True) * 3
+    off.split_at(y, "features backward")
+    with off("generator backward"):
+        y.sum().backward()
+    assert off.seconds == {}
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=OFFLINE, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_bench_train_breaks_a_real_recipe_step_into_every_phase(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _run(
+        [sys.executable, "scripts/bench_train.py", "--config", "recipes/tiny_test.yaml"]
+        + ["--steps", "2", "--warmup", "1", "--out", str(out)]
+    )
+    (result,) = json.loads(out.read_text())
+    phases = result["phases_ms"]
+    for name in ("data", "generator forward", "features forward", "drift field", "features backward"):
+        assert phases[name] > 0, name
+    for name in ("generator backward", "optimizer", "ema"):
+        assert phases[name] > 0, name
+    assert sum(result["share"].values()) == pytest.approx(1.0)
+    assert result["samples_per_step"] == 16 and result["samples_per_s"] > 0
+    assert result["step_over_generator"] > 1
+    assert "drift field" in proc.stdout and "% of the step" in proc.stdout
+
+
+def test_bench_train_synthetic_sweep_and_plot(tmp_path):
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    _run(
+        [sys.executable, "scripts/bench_train.py", "--synthetic", "--preset", "tiny", "--mae-width", "32"]
+        + ["--size", "8", "--samples", "2", "--steps", "1", "--warmup", "0"]
+        + ["--sweep", "prompts=2,4", "--out", str(out), "--plot", str(png)]
+    )
+    results = json.loads(out.read_text())
+    assert [r["setting"]["prompts"] for r in results] == [2, 4]
+    assert [r["samples_per_step"] for r in results] == [4, 8]
+    assert all(0 < r["drift_share"] < 1 for r in results)
+    assert png.stat().st_size > 10_000
+
+
+def test_bench_train_rejects_bad_arguments():
+    for args, message in (
+        (["--sweep", "prompts=4,8"], "--sweep needs --synthetic"),
+        (["--synthetic", "--sweep", "heads=4"], "must be prompts, samples, size or mae_width"),
+        (["--synthetic", "--text", "bert"], "--text 'bert'"),
+        (["--plot", "x.png"], "--plot needs --sweep"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "scripts/bench_train.py", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=OFFLINE,
+            cwd=ROOT,
+        )
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-500:])
+
+
+def test_gpu_check_tiny_runs_on_cpu(tmp_path):
+    """What CI can run of the GPU check: the same measurements at toy sizes."""
+    out = tmp_path / "check.json"
+    _run(["bash", "scripts/gpu_check.sh", "--tiny", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["tiny"] is True
+    train = report["train"]
+    assert train["samples_per_s"] > 0 and train["peak_memory_mb"] > 0 and 0 < train["drift_share"] < 1
+    assert {(r["size"], r["batch"]) for r in report["sampling"]} == {(64, 1), (64, 4), (128, 1), (128, 4)}
+    assert all(r["images_per_s"] > 0 for r in report["sampling"])
+    bad = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--out", str(tmp_path / "full.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=OFFLINE,
+        cwd=ROOT,
+    )
+    if not torch.cuda.is_available():
+        assert bad.returncode != 0 and "no GPU found" in bad.stderr
