@@ -14,6 +14,8 @@ generator alone: ``step / generator`` is what drifting costs per step over plain
 training of the same generator (forward + backward + optimizer + EMA).
 
     python scripts/bench_train.py --config recipes/shapes_32px.yaml        # the CPU default recipe
+    python scripts/bench_train.py --config recipes/shapes_32px_mae.yaml \
+        --variant features.channels_last=true --variant features.compile=true   # speed-ups, as ratios
     python scripts/bench_train.py --synthetic --preset XS --mae-width 32 \\
         --sweep prompts=4,8,16,32 --plot docs/bench_scaling.png             # drift share vs B
     python scripts/bench_train.py --synthetic --mixed-precision bf16 --prompts 32 --samples 8  # B/2, GPU
@@ -214,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep", action="append", default=[], help="synthetic: DIM=V1,V2,... (one dimension)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="with --config: also measure the recipe with these overrides (space-separated), reported "
+        "as a ratio to the base setting; repeatable",
+    )
     parser.add_argument("--steps", type=int, default=10, help="steps measured (twice: plain, then timed)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the results as JSON")
@@ -229,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sweep needs --synthetic")
     if args.plot is not None and sweep is None:
         parser.error("--plot needs --sweep")
+    if args.variant and args.synthetic:
+        parser.error("--variant needs --config (for --synthetic use --sweep)")
 
     results = []
     if args.synthetic:
@@ -273,11 +284,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             del run
     else:
-        run, next_batch = _config_run(args.config, overrides)
-        r = measure(run, next_batch, args.steps, args.warmup)
-        r["setting"] = {"config": args.config or "built-in default", "overrides": overrides}
-        print_result(f"{args.config or 'built-in default'} {' '.join(overrides)}", r)
-        results.append(r)
+        for variant in [[], *(v.split() for v in args.variant)]:
+            run, next_batch = _config_run(args.config, [*overrides, *variant])
+            r = measure(run, next_batch, args.steps, args.warmup)
+            r["setting"] = {"config": args.config or "built-in default", "overrides": [*overrides, *variant]}
+            if variant:
+                r["step_ratio_to_base"] = r["step_ms"] / results[0]["step_ms"]
+            print_result(f"{args.config or 'built-in default'} {' '.join([*overrides, *variant])}", r)
+            if variant:
+                print(f"step time x{r['step_ratio_to_base']:.2f} of the base setting's (same process)")
+            results.append(r)
+            del run
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

@@ -131,3 +131,41 @@ def test_gpu_check_tiny_runs_on_cpu(tmp_path):
     )
     if not torch.cuda.is_available():
         assert bad.returncode != 0 and "no GPU found" in bad.stderr
+
+
+def test_speed_options_keep_the_features():
+    """features.channels_last changes the memory layout, not the features; model.attention_backend
+    must name a diffusers backend (a config error otherwise)."""
+    from t2i_drift.models.feature_encoders import MAEFeatures, MultiFeatureEncoder
+    from t2i_drift.models.mae_resnet import ResNetMAE
+    from t2i_drift.training.builders import speed_up_encoder
+    from t2i_drift.training.config import ConfigError, FeaturesConfig, load_config
+
+    torch.manual_seed(0)
+    mae = ResNetMAE(width=8, depths=(1, 1), norm_num_groups=4, sample_size=16)
+    plain = MultiFeatureEncoder({"mae": MAEFeatures(mae)}).eval()
+    images = torch.randn(2, 3, 16, 16)
+    expected = plain(images)
+    fast = speed_up_encoder(plain, FeaturesConfig(channels_last=True))
+    assert next(p for p in fast.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    got = fast(images)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
+    assert load_config(None, ["model.attention_backend=_native_math"]).model.attention_backend == "_native_math"
+    with pytest.raises(ConfigError, match="model.attention_backend"):
+        load_config(None, ["model.attention_backend=fastest"])
+
+
+def test_bench_train_variants_report_ratios_to_the_base_setting(tmp_path):
+    """--variant measures the recipe again with the speed options on (compiled encoder, channels
+    last, an explicit SDPA backend) in the same process, as a ratio to the base setting."""
+    out = tmp_path / "variants.json"
+    variant = "model.attention_backend=_native_math features.channels_last=true features.compile=true"
+    _run(
+        [sys.executable, "scripts/bench_train.py", "--config", "recipes/tiny_test.yaml"]
+        + ["--steps", "1", "--warmup", "1", "--variant", variant, "--out", str(out)]
+    )
+    base, fast = json.loads(out.read_text())
+    assert "step_ratio_to_base" not in base and fast["step_ratio_to_base"] > 0
+    assert fast["setting"]["overrides"] == variant.split()

@@ -220,6 +220,17 @@ def _mae_features(f: FeaturesConfig, vae: AutoencoderKL | None) -> MAEFeatures:
     return mae
 
 
+def speed_up_encoder(encoder: MultiFeatureEncoder, features: FeaturesConfig) -> torch.nn.Module:
+    """``features.channels_last`` / ``features.compile`` applied to the frozen encoder. Channels-last
+    converts the weights of its 4-D convolutions (PyTorch then keeps conv activations in that
+    format); the outputs are the same features up to floating-point summation order."""
+    if features.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    if features.compile:
+        encoder = torch.compile(encoder)
+    return encoder
+
+
 def feature_key_weights(features: FeaturesConfig, keys: list[str]) -> dict[str, float]:
     """Loss weight of each feature key: its encoder's ``weight`` (keys start with the encoder's
     name; the decoded-latent path keeps the pixel encoders' key names)."""

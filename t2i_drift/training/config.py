@@ -88,6 +88,10 @@ class ModelConfig:
     """The VAE's folder inside a pipeline repository, e.g. ``vae``."""
     gradient_checkpointing: bool = False
     """Recompute block activations in the backward pass (less memory, about a third more time)."""
+    attention_backend: str | None = None
+    """diffusers attention backend of the generator (``native`` = PyTorch SDPA, ``_native_flash``,
+    ``_native_efficient``, ``_native_cudnn``, ``flash``, ...); null: diffusers' default. The
+    toolkit's generator routes attention through diffusers' dispatcher, so any backend it knows works."""
 
 
 TextEncoderName = Literal["text_encoder", "text_encoder_2"]
@@ -215,6 +219,12 @@ class FeaturesConfig:
     """Patch mean/std sets of every encoder's feature maps (docs/method.md section 4)."""
     per_location: bool = True
     """Include set (a), per-location vectors, of every encoder's feature maps."""
+    channels_last: bool = False
+    """Run the frozen convolutional encoders (MAE, EfficientNet) in channels-last memory format
+    (faster convolutions on GPUs with bf16; scripts/bench_train.py measures it)."""
+    compile: bool = False
+    """``torch.compile`` the frozen feature encoders (the generator compiles through Accelerate:
+    ``accelerate launch --dynamo_backend inductor``)."""
 
 
 ObjectiveName = Literal["drifting", "regression", "flow_matching"]
@@ -501,12 +511,23 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ),
         ("text.token_sources", len(cfg.text.token_sources) > 0, "must name at least one encoder"),
         *_open_clip_checks(cfg.text),
+        (
+            "model.attention_backend",
+            cfg.model.attention_backend is None or cfg.model.attention_backend in _attention_backends(),
+            f"must be null or one of diffusers' attention backends {_attention_backends()}",
+        ),
         ("text.pooled_sources", len(cfg.text.pooled_sources) > 0, "must name at least one encoder"),
     ]
     for name in FEATURE_ENCODERS:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
     check_ranges(cfg, source, checks)
+
+
+def _attention_backends() -> list[str]:
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return [backend.value for backend in AttentionBackendName]
 
 
 def _guidance_checks(cfg: Config) -> list[tuple[str, bool, str]]:

@@ -15,7 +15,7 @@ import torch
 
 from t2i_drift.drifting import DriftOptions, sample_alpha, text_to_image_drift_loss
 from t2i_drift.models.vae import encode_latents
-from t2i_drift.training.builders import build_feature_encoder, feature_key_weights
+from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
 from t2i_drift.training.positives import ExtraPositives
 
@@ -27,8 +27,9 @@ class DriftingObjective(TextToImageObjective):
 
     def build_extra(self, accelerator: Any) -> None:
         cfg = self.cfg
-        self.features = build_feature_encoder(cfg.features, cfg.data.resolution, self.vae).to(
-            accelerator.device
+        self.features = speed_up_encoder(
+            build_feature_encoder(cfg.features, cfg.data.resolution, self.vae).to(accelerator.device),
+            cfg.features,
         )
         self.init_drift(accelerator)
         self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution)
@@ -47,7 +48,8 @@ class DriftingObjective(TextToImageObjective):
         self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
 
     def cached_features(self) -> tuple[Any, torch.nn.Module]:
-        return self.cfg.features, self.features
+        # The encoder itself, not its torch.compile wrapper: the cache key hashes its weights.
+        return self.cfg.features, getattr(self.features, "_orig_mod", self.features)
 
     @property
     def samples_per_step(self) -> int:

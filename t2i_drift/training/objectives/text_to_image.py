@@ -56,6 +56,8 @@ class TextToImageObjective(Objective):
         )
         if cfg.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+        if cfg.model.attention_backend is not None:
+            model.set_attention_backend(cfg.model.attention_backend)
         self.build_extra(accelerator)
         self.inputs = BatchInputs(
             self.conditioner,
