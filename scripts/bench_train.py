@@ -5,7 +5,8 @@ Two kinds of setting, both through the trainer's own step (training/loop.py ``op
 - ``--config RECIPE`` (with overrides): the recipe's real data, text encoder and feature encoders.
 - ``--synthetic``: real-scale shapes without data (training/synthetic.py): random latents and
   text embeddings, a randomly initialized generator and latent MAE. ``--sweep`` varies one
-  dimension (prompts B, samples per prompt G, output size = number of feature locations, ...).
+  dimension (prompts B, samples per prompt G, output size = number of feature locations, ...);
+  ``section.key=value`` overrides apply here too (e.g. ``drift.memory_budget_mb=8192``).
 
 For each setting: ``--warmup`` untimed steps, ``--steps`` steps without phase timing (the step
 time and samples/s reported), then ``--steps`` with phase timing (device syncs at every phase
@@ -150,6 +151,20 @@ def print_result(label: str, r: dict[str, Any]) -> None:
     )
 
 
+def _nested(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` overrides (values parsed as YAML) as nested dicts."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not name:
+            raise SystemExit(f"override {item!r}: use section.key=value")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
 def _parse_sweep(values: list[str]) -> tuple[str, list[int]] | None:
     if not values:
         return None
@@ -258,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             mae_width=args.mae_width or None,
             mixed_precision=args.mixed_precision,
             gradient_checkpointing=args.gradient_checkpointing,
+            overrides=_nested(overrides),
         )
         fields = {
             "prompts": "prompts",
@@ -278,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prompts": setting.prompts,
                 "samples": setting.samples_per_prompt,
                 "mae_width": setting.mae_width,
+                "overrides": overrides,
             }
             label = ", ".join(f"{k}={v}" for k, v in r["setting"].items())
             print_result(f"synthetic: {label}", r)

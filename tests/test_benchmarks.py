@@ -152,7 +152,9 @@ def test_speed_options_keep_the_features():
     assert got.keys() == expected.keys()
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5)
-    assert load_config(None, ["model.attention_backend=_native_math"]).model.attention_backend == "_native_math"
+    assert (
+        load_config(None, ["model.attention_backend=_native_math"]).model.attention_backend == "_native_math"
+    )
     with pytest.raises(ConfigError, match="model.attention_backend"):
         load_config(None, ["model.attention_backend=fastest"])
 

@@ -105,7 +105,7 @@ def test_shipped_recipes_load():
     for recipe in sorted(root.glob("mae/*.yaml")):
         load_mae_config(recipe)
     topologies = {p.stem: load_config_from_file(str(p)) for p in root.glob("accelerate/*.yaml")}
-    assert {"cpu", "ddp", "fsdp", "hsdp"} <= set(topologies)
+    assert {"cpu", "ddp", "fsdp", "hsdp", "zero2", "zero3"} <= set(topologies)
     assert topologies["fsdp"].fsdp_config["fsdp_version"] == 2
 
 

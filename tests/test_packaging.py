@@ -74,6 +74,7 @@ EXTRAS_ONLY = (
     "tensorboard",
     "matplotlib",
     "jinja2",
+    "deepspeed",
 )
 
 

@@ -1,7 +1,7 @@
-"""Multi-process training on CPU for every topology that runs here: DDP, FSDP2 full shard and
-FSDP2 hybrid shard (recipes/accelerate/). Each trains, checkpoints with rotation, resumes exactly
-and exports. Accelerate enables FSDP only on accelerator devices; tests/launchers/sharded_cpu.py
-lifts that check so the sharded code path runs on gloo (see its docstring)."""
+"""Multi-process training on CPU for every topology of recipes/accelerate/: DDP, FSDP2 full and
+hybrid shard, DeepSpeed ZeRO-2 and ZeRO-3. Each trains, checkpoints with rotation, resumes exactly
+and exports. Accelerate enables FSDP and DeepSpeed only on accelerator devices;
+tests/launchers/sharded_cpu.py lifts that check so the sharded code paths run on gloo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from t2i_drift.training.config import load_config
 
 ROOT = Path(__file__).parent.parent
 RECIPE = ROOT / "recipes" / "tiny_test.yaml"
+TOPOLOGIES = ("ddp", "fsdp", "hsdp", "zero2", "zero3")
 PARTS = ("transformer/diffusion_pytorch_model.safetensors", "ema.safetensors", "optimizer.safetensors")
 
 
@@ -27,7 +28,7 @@ def _launch(topology: str, out: Path, tmp: Path, *extra: str) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    processes = {"ddp": [], "fsdp": [], "hsdp": ["--num_machines", "1"]}[topology]
+    processes = ["--num_machines", "1"] if topology == "hsdp" else []
     if topology == "hsdp":  # 2 groups of 2: the smallest mesh where hybrid differs from full shard
         processes += [
             "--parallelism_config_dp_replicate_size",
@@ -59,7 +60,13 @@ def _launch(topology: str, out: Path, tmp: Path, *extra: str) -> str:
         "2",
         *extra,
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HOME": str(tmp / "hf"), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "DS_ACCELERATOR": "cpu",
+        "HF_HOME": str(tmp / "hf"),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -74,7 +81,7 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
     """Per topology: a 3-step run, and a run resumed from its checkpoint-2 (and its log)."""
     tmp = tmp_path_factory.mktemp("topologies")
     out = {}
-    for topology in ("ddp", "fsdp", "hsdp"):
+    for topology in TOPOLOGIES:
         full, resumed = tmp / topology, tmp / f"{topology}-resumed"
         log = _launch(topology, full, tmp)
         checkpoint = full / "checkpoints" / "checkpoint-2"
@@ -83,13 +90,15 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, Path, str]]:
     return out
 
 
-@pytest.mark.parametrize("topology", ["ddp", "fsdp", "hsdp"])
+@pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_topology_trains_rotates_resumes_exactly_and_exports(runs, topology):
     full, resumed, log = runs[topology]
     layout = {
         "ddp": "| 2 process(es)\n",
         "fsdp": "| 2 process(es), FSDP2 mesh (2,): S(0)",
         "hsdp": "| 4 process(es), FSDP2 mesh (2, 2): R, S(0)",
+        "zero2": "| 2 process(es), DeepSpeed ZeRO-2",
+        "zero3": "| 2 process(es), DeepSpeed ZeRO-3",
     }[topology]
     assert layout in log  # the topology the config asked for is the one that ran
     checkpoints = sorted(p.name for p in (full / "checkpoints").iterdir())
@@ -113,30 +122,32 @@ def test_topology_trains_rotates_resumes_exactly_and_exports(runs, topology):
     assert all(torch.equal(exported[n], a["ema.safetensors"][str(i)]) for i, n in enumerate(names))
 
 
-def test_sharding_does_not_change_the_math(runs):
-    """FSDP2 over 2 processes trains what DDP over 2 processes trains (same data per process, same
-    gradient average): the gradient moments agree to 1e-3 of their scale; only the reduction order
-    of floating-point sums differs. (Weights can differ by up to a learning rate per step: Adam's
-    first updates are about lr * sign(g), and a gradient near 0 may change sign.)"""
+@pytest.mark.parametrize("topology", ["fsdp", "zero2", "zero3"])
+def test_sharding_does_not_change_the_math(runs, topology):
+    """Sharded over 2 processes trains what DDP over 2 processes trains (same data per process,
+    same gradient average): the gradient moments agree to 1e-3 of their scale; only the reduction
+    order of floating-point sums differs. (Weights can differ by up to a learning rate per step:
+    Adam's first updates are about lr * sign(g), and a gradient near 0 may change sign.)"""
     checkpoint = "checkpoints/checkpoint-2"
     ddp = _tensors(runs["ddp"][0] / checkpoint)
-    fsdp = _tensors(runs["fsdp"][0] / checkpoint)
+    sharded = _tensors(runs[topology][0] / checkpoint)
     moments = [k for k in ddp["optimizer.safetensors"] if k.endswith(":exp_avg")]
-    assert moments
+    assert moments and sharded["optimizer.safetensors"].keys() == ddp["optimizer.safetensors"].keys()
     for key in moments:
-        a, b = ddp["optimizer.safetensors"][key], fsdp["optimizer.safetensors"][key]
+        a, b = ddp["optimizer.safetensors"][key], sharded["optimizer.safetensors"][key]
         assert (a - b).abs().max() <= 1e-3 * a.abs().max() + 1e-12, key
     lr = load_config(runs["ddp"][0] / "config.yaml").optim.learning_rate
     for key, value in ddp[PARTS[0]].items():
-        assert (fsdp[PARTS[0]][key] - value).abs().max() <= 2 * 2 * lr, key
+        assert (sharded[PARTS[0]][key] - value).abs().max() <= 2 * 2 * lr, key
 
 
-def test_sharded_checkpoint_exports_on_one_process(runs, tmp_path):
-    """A checkpoint written by 2 FSDP processes is whole: scripts/export_pipeline.py turns it into
-    a pipeline in a plain single process, with the trainer's own EMA weights."""
+@pytest.mark.parametrize("topology", ["fsdp", "zero3"])
+def test_sharded_checkpoint_exports_on_one_process(runs, tmp_path, topology):
+    """A checkpoint written by 2 sharded processes is whole: scripts/export_pipeline.py turns it
+    into a pipeline in a plain single process, with the trainer's own EMA weights."""
     import sys
 
-    checkpoint = runs["fsdp"][0] / "checkpoints" / "checkpoint-3"
+    checkpoint = runs[topology][0] / "checkpoints" / "checkpoint-3"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts/export_pipeline.py"), "--checkpoint", str(checkpoint)]
         + ["--out", str(tmp_path / "pipe")],
@@ -148,13 +159,13 @@ def test_sharded_checkpoint_exports_on_one_process(runs, tmp_path):
     name = "transformer/diffusion_pytorch_model.safetensors"
     ours, trainer = (
         load_file(str(tmp_path / "pipe" / name)),
-        load_file(str(runs["fsdp"][0] / "pipeline" / name)),
+        load_file(str(runs[topology][0] / "pipeline" / name)),
     )
     assert ours.keys() == trainer.keys() and all(torch.equal(ours[k], trainer[k]) for k in ours)
 
 
-def test_unsupported_topologies_are_refused_before_training():
-    """DeepSpeed and FSDP1 would save partial state: a config error naming the fix."""
+def test_fsdp1_is_refused_before_training():
+    """FSDP1's flat parameters cannot be saved whole: a config error naming the fix."""
     from types import SimpleNamespace
 
     from accelerate.utils import DistributedType
@@ -162,14 +173,36 @@ def test_unsupported_topologies_are_refused_before_training():
     from t2i_drift.training.config import ConfigError
     from t2i_drift.training.sharding import check_topology
 
-    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
-    with pytest.raises(ConfigError, match="DeepSpeed is not supported.*recipes/accelerate/fsdp.yaml"):
-        check_topology(deepspeed)
     fsdp1 = SimpleNamespace(
         distributed_type=DistributedType.FSDP,
         state=SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1)),
     )
     with pytest.raises(ConfigError, match="fsdp_version 1"):
         check_topology(fsdp1)
-    for fine in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+    for fine in (
+        DistributedType.NO,
+        DistributedType.MULTI_GPU,
+        DistributedType.MULTI_CPU,
+        DistributedType.DEEPSPEED,
+    ):
         check_topology(SimpleNamespace(distributed_type=fine))
+
+
+def test_deepspeed_needs_no_gradient_accumulation():
+    """DeepSpeed steps inside backward: an accumulating config is refused before training."""
+    from types import SimpleNamespace
+
+    from t2i_drift.training import zero
+    from t2i_drift.training.config import ConfigError
+
+    plugin = SimpleNamespace(deepspeed_config={})
+    accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin), num_processes=4)
+    with pytest.raises(ConfigError, match="train.gradient_accumulation_steps must be 1 with DeepSpeed"):
+        zero.configure(accelerator, batch_size=8, max_grad_norm=1.0, accumulation=2)
+    zero.configure(accelerator, batch_size=8, max_grad_norm=1.0, accumulation=1)
+    assert plugin.deepspeed_config == {
+        "train_micro_batch_size_per_gpu": 8,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": 32,
+        "gradient_clipping": 1.0,
+    }

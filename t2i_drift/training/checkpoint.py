@@ -161,7 +161,8 @@ def load_checkpoint(
     if len(shadow) != len(params):
         raise ValueError(f"{path}/ema.safetensors holds {len(shadow)} tensors, the model {len(params)}")
     ema_state = dict(meta["ema"])
-    ema_state["shadow_params"] = [shard_like(shadow[str(i)], p) for i, p in enumerate(params)]
+    # fp32 shadows (training/ema.py); a ZeRO-3 parameter's shadow is whole (shard_like keeps it so).
+    ema_state["shadow_params"] = [shard_like(shadow[str(i)], p).float() for i, p in enumerate(params)]
     ema.load_state_dict(ema_state)
     # This run's hyperparameters (optim.* of the config, possibly overridden for the resume)
     # win over the checkpoint's: the moments and the step count are what a resume restores.

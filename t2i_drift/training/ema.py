@@ -22,6 +22,9 @@ def make_ema(model: ModelMixin, optim: OptimConfig, device: torch.device) -> EMA
         model_config=model.config,
     )
     ema.to(device)
+    # fp32 shadows whatever the weights' dtype (DeepSpeed keeps bf16 module weights): an update of
+    # (1 - decay) * (p - shadow) with decay 0.9999 vanishes below bf16's resolution.
+    ema.shadow_params = [s.float() for s in ema.shadow_params]
     return ema
 
 

@@ -31,19 +31,26 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedType,
+    ProjectConfiguration,
+    gather_object,
+    set_seed,
+)
 from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from t2i_drift.data.images import SkipLog
 from t2i_drift.data.source import DataSource
 from t2i_drift.model_card import labelled_grid
+from t2i_drift.training import zero
 from t2i_drift.training.builders import build_optimizer, build_source
 from t2i_drift.training.checkpoint import TrainerState, resume_if_requested, save_and_prune
 from t2i_drift.training.config import ConfigError, save_config
 from t2i_drift.training.ema import ema_copy, make_ema
 from t2i_drift.training.objectives.base import Objective
-from t2i_drift.training.sharding import check_topology, describe_sharding, is_sharded
+from t2i_drift.training.sharding import check_topology, describe_sharding, is_sharded, parameter_count
 
 
 def peak_memory_mb() -> float:
@@ -186,17 +193,23 @@ def setup(cfg: Any, objective: Objective) -> Run:
     # nothing else consumes it, so a resumed run continues the exact stream (libraries may draw
     # from the global RNG at any time).
     rng = torch.Generator(device=accelerator.device).manual_seed(seed * 1000 + accelerator.process_index)
-    model = objective.build(accelerator, source, rng)
+    with zero.hidden_from_transformers(accelerator):
+        model = objective.build(accelerator, source, rng)
     if accelerator.num_processes > 1:
         set_seed(seed, device_specific=True)
     optimizer = build_optimizer(model, cfg.optim)
     # Stepped once per optimizer step on every process (not through accelerator.prepare, which
     # would step it num_processes times and shorten the warm-up in distributed runs).
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, objective.lr_factor)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        zero.configure(
+            accelerator, cfg.train.batch_size, cfg.optim.max_grad_norm, cfg.train.gradient_accumulation_steps
+        )
     model, optimizer = accelerator.prepare(model, optimizer)
     source.prepare(accelerator)
     unwrapped = accelerator.unwrap_model(model)
-    ema = make_ema(unwrapped, cfg.optim, accelerator.device)
+    with zero.whole_parameters(unwrapped):  # ZeRO-3: the EMA keeps whole fp32 copies
+        ema = make_ema(unwrapped, cfg.optim, accelerator.device)
     state = resume_if_requested(
         cfg.train.resume_from_checkpoint,
         out_dir / "checkpoints",
@@ -214,7 +227,9 @@ def setup(cfg: Any, objective: Objective) -> Run:
     if accelerator.is_main_process:
         _truncate_metrics(out_dir, state.step)
     layout = f"{accelerator.num_processes} process(es)"
-    if is_sharded(unwrapped):
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        layout += f", DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    elif is_sharded(unwrapped):
         layout += f", {describe_sharding(unwrapped)}"
     accelerator.print(f"{source.describe()} | {objective.describe(unwrapped)} | {layout}")
     return Run(
@@ -287,13 +302,16 @@ def optimizer_step(run: Run, batches: list[dict]) -> float:
     max_norm = run.cfg.optim.max_grad_norm
     with run.objective.timer("optimizer"):
         if max_norm > 0:
+            # DeepSpeed clips inside backward and returns the norm it measured (a float).
             norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
-            totals["grad_norm"] = (norm.full_tensor() if isinstance(norm, DTensor) else norm).float()
+            norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+            totals["grad_norm"] = torch.as_tensor(float("nan") if norm is None else norm).float()
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
     with run.objective.timer("ema"):
-        run.ema.step(run.unwrapped.parameters())
+        with zero.whole_parameters(run.unwrapped), zero.hidden_from_transformers(run.accelerator):
+            run.ema.step(run.unwrapped.parameters())
     for key, value in totals.items():  # device tensors: no sync until the log step
         run.window[key] = run.window.get(key, 0.0) + value
     run.window_steps += 1
@@ -456,7 +474,7 @@ def _finish(run: Run, wall: float) -> None:
             "peak_memory_mb": peak_memory_mb(),
             "mixed_precision": accelerator.mixed_precision,
             "gradient_accumulation_steps": run.cfg.train.gradient_accumulation_steps,
-            "model_params": sum(p.numel() for p in run.unwrapped.parameters()),
+            "model_params": parameter_count(run.unwrapped),
             "data_skipped": skips.to_dict(),
             **exported,
         }

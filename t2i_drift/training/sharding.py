@@ -1,12 +1,12 @@
 """Full (unsharded) training state from any topology, and back.
 
-Checkpoints hold full tensors keyed by parameter name, whatever wrote them: one process, DDP, or
+Checkpoints hold full tensors keyed by parameter name, whatever wrote them: one process, DDP,
 FSDP2 (Accelerate ``fsdp_version: 2``, full or hybrid shard), whose parameters, EMA shadows and
-optimizer moments are ``DTensor`` shards. Gathering makes a checkpoint resumable on any other
-topology (train on 8 GPUs with FSDP, resume or export on one) and keeps the single-file
-safetensors format; it costs one all-gather per tensor at save time, one tensor at a time, and
-the main process's host memory for the full state (about 16 bytes per parameter with AdamW and
-EMA), which is fine up to a few billion parameters.
+optimizer moments are ``DTensor`` shards, or DeepSpeed ZeRO 1-3 (training/zero.py). Gathering
+makes a checkpoint resumable on any other topology (train on 8 GPUs with FSDP, resume or export
+on one) and keeps the single-file safetensors format; it costs one all-gather per tensor at save
+time, one tensor at a time, and the main process's host memory for the full state (about 16
+bytes per parameter with AdamW and EMA), which is fine up to a few billion parameters.
 
 Every function that gathers is collective: all processes call it, in the same order.
 """
@@ -18,10 +18,18 @@ from typing import Any
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from t2i_drift.training import zero
+
 
 def is_sharded(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s parameters are DTensor shards (FSDP2)."""
-    return any(isinstance(p, DTensor) for p in module.parameters())
+    """Whether ``module``'s parameters are shards (FSDP2 DTensors, ZeRO-3 partitions): its forward
+    then needs every process, and whole values need gathering."""
+    return any(isinstance(p, DTensor) for p in module.parameters()) or zero.is_partitioned(module)
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    """Parameters of the whole model (a ZeRO-3 partition counts its full size; DTensors do)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
 
 
 def gather(tensor: torch.Tensor) -> torch.Tensor:
@@ -41,17 +49,24 @@ def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` with every tensor gathered to the CPU (collective)."""
-    return {name: gather(value) for name, value in module.state_dict().items()}
+    """``module.state_dict()`` with every tensor gathered to the CPU (collective); ZeRO
+    parameters give their fp32 masters."""
+    return {
+        name: zero.full_fp32(value) if zero.is_zero_parameter(value) else gather(value)
+        for name, value in module.state_dict(keep_vars=True).items()
+    }
 
 
 def load_full_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load full tensors into ``module`` (sharded or not); ``where`` names the source in errors."""
-    current = module.state_dict()
+    current = module.state_dict(keep_vars=True)
     missing = sorted(set(current) - set(state))
     unexpected = sorted(set(state) - set(current))
     if missing or unexpected:
         raise ValueError(f"{where} does not match the model: missing {missing}, unexpected {unexpected}")
+    if zero.uses_zero(module):
+        zero.load_weights(module, state)
+        return
     module.load_state_dict({name: shard_like(state[name], current[name]) for name in current})
 
 
@@ -72,6 +87,8 @@ def full_optimizer_state(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The optimizer's state as (tensors keyed ``<param name>:<state name>``, JSON-able meta with
     the param groups, whose ``params`` are names, and the non-tensor state). Collective."""
+    if zero.uses_zero(module):
+        return zero.optimizer_state(module, optimizer)
     names = _param_names(module, optimizer)
     state_dict = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -99,6 +116,9 @@ def load_full_optimizer_state(
 ) -> None:
     """Restore what :func:`full_optimizer_state` returned, sharding each moment like its
     parameter; ``where`` names the source in errors."""
+    if zero.uses_zero(module):
+        zero.load_optimizer_state(module, optimizer, tensors, meta, where)
+        return
     names = _param_names(module, optimizer)
     saved = [name for group in meta["param_groups"] for name in group["params"]]
     if saved != names:
@@ -150,18 +170,11 @@ def describe_sharding(module: torch.nn.Module) -> str:
 
 
 def check_topology(accelerator: Any) -> None:
-    """Refuse, before training, the Accelerate topologies whose state this trainer cannot save
-    whole: DeepSpeed (its ZeRO optimizer replaces the parameter groups with flat partitions and
-    steps inside ``backward``) and FSDP1 (flat parameters). FSDP2 covers both: full shard is
-    ZeRO-3-like, ``fsdp_reshard_after_forward: false`` ZeRO-2-like."""
+    """Refuse, before training, FSDP1, whose flat parameters this trainer cannot save whole;
+    FSDP2 covers it (``fsdp_version: 2``)."""
     from t2i_drift.training.config import ConfigError
 
     kind = getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
-    if kind == "DEEPSPEED":
-        raise ConfigError(
-            "accelerate config: DeepSpeed is not supported by this trainer; use FSDP2 "
-            "(recipes/accelerate/fsdp.yaml: full shard ~ ZeRO-3, fsdp_reshard_after_forward: false ~ ZeRO-2)"
-        )
     if kind == "FSDP" and accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise ConfigError(
             "accelerate config: fsdp_version 1 is not supported; set fsdp_config.fsdp_version: 2 "

@@ -1,10 +1,10 @@
-"""Run scripts/train_t2i.py under Accelerate's FSDP on gloo CPU processes (tests only).
+"""Run scripts/train_t2i.py under Accelerate's FSDP or DeepSpeed on gloo CPU processes (tests only).
 
-Accelerate turns an FSDP config into FSDP only on accelerator devices; on CPU processes it
-quietly falls back to plain multi-process data parallel. torch's FSDP2 itself runs on CPU (gloo),
-so this launcher sets the distributed type back to FSDP after Accelerate's state is built: the
-trainer then takes the same path it takes on GPUs (``fully_shard``, DTensor parameters, EMA and
-optimizer shards, gathered checkpoints). Use with ``ACCELERATE_USE_CPU=1``.
+Accelerate turns an FSDP or DeepSpeed config into that topology only on accelerator devices; on
+CPU processes it quietly falls back to plain multi-process data parallel. torch's FSDP2 runs on
+CPU (gloo), and so does DeepSpeed's ZeRO (``DS_ACCELERATOR=cpu``, gloo when oneCCL is absent), so
+this launcher sets the distributed type back after Accelerate's state is built: the trainer then
+takes the same path it takes on GPUs. Use with ``ACCELERATE_USE_CPU=1``.
 """
 
 import runpy
@@ -17,8 +17,14 @@ from accelerate.utils import DistributedType
 _init = accelerate.state.AcceleratorState.__init__
 
 
-def _init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
-    _init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+def _init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, deepspeed_plugin=None, **kwargs):
+    _init(self, *args, fsdp_plugin=fsdp_plugin, deepspeed_plugin=deepspeed_plugin, **kwargs)
+    if deepspeed_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        accelerate.state.PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+        self.distributed_type = DistributedType.DEEPSPEED
+        deepspeed_plugin.set_mixed_precision(self._mixed_precision)
+        deepspeed_plugin.select(_from_accelerator_state=True)
+        self.deepspeed_plugins = deepspeed_plugin
     if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
         # Later AcceleratorState() calls copy PartialState's fields over their own: set both.
         accelerate.state.PartialState._shared_state["distributed_type"] = DistributedType.FSDP

@@ -26,6 +26,7 @@ from diffusers.training_utils import EMAModel
 
 from t2i_drift.data.source import DataSource
 from t2i_drift.training.config import OptimConfig
+from t2i_drift.training.sharding import parameter_count
 from t2i_drift.training.step_timer import DISABLED, StepTimer
 
 
@@ -82,7 +83,7 @@ class Objective(ABC):
 
     def describe(self, model: ModelMixin) -> str:
         """The start-of-run line's part about the model and the step."""
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = parameter_count(model)
         return f"{type(model).__name__} {n_params / 1e6:.2f}M params"
 
     # -- every step --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from t2i_drift.models.vae import encode_latents
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
 from t2i_drift.training.positives import ExtraPositives
+from t2i_drift.training.sharding import parameter_count
 
 
 class DriftingObjective(TextToImageObjective):
@@ -56,7 +57,7 @@ class DriftingObjective(TextToImageObjective):
         return self.cfg.train.batch_size * self.cfg.drift.samples_per_prompt
 
     def describe(self, model: torch.nn.Module) -> str:
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = parameter_count(model)
         drift = self.cfg.drift
         positives = ""
         if drift.positives_per_prompt > 1:

@@ -31,9 +31,11 @@ from t2i_drift.data.augment import BatchAugment
 from t2i_drift.data.source import DataSource
 from t2i_drift.models.mae_resnet import ResNetMAE
 from t2i_drift.models.vae import encode_latents, load_vae, vae_scale_factor
+from t2i_drift.training import zero
 from t2i_drift.training.ema import ema_copy
 from t2i_drift.training.mae_config import MAEConfig, MAEModelConfig
 from t2i_drift.training.objectives.base import Objective, warmup_start_factor, warmup_then_constant
+from t2i_drift.training.sharding import parameter_count
 
 MAE_SUBDIR = "mae"
 MAE_PRETRAINED_SUBDIR = "mae_pretrained"
@@ -99,7 +101,7 @@ class MAEObjective(Objective):
         return self.cfg.train.batch_size
 
     def describe(self, model: torch.nn.Module) -> str:
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = parameter_count(model)
         channels, side = self.input_shape
         return (
             f"ResNetMAE {n_params / 1e6:.2f}M params | input {channels}x{side}x{side} | "
@@ -122,7 +124,8 @@ class MAEObjective(Objective):
             pretrained = ema_copy(model, ema)  # collective under FSDP
             if self.accelerator.is_main_process:
                 pretrained.save_pretrained(Path(self.cfg.train.output_dir) / MAE_PRETRAINED_SUBDIR)
-            ema.shadow_params = [p.detach().clone() for p in model.parameters()]
+            with zero.whole_parameters(model):
+                ema.shadow_params = [p.detach().clone().float() for p in model.parameters()]
             ema.optimization_step = 0  # the decay warm-up starts again
 
     def loss(

@@ -24,6 +24,7 @@ from t2i_drift.training.builders import build_text_conditioner, build_transforme
 from t2i_drift.training.config import Config
 from t2i_drift.training.export import SAMPLE_GRID_NAME, export_pipeline, make_pipeline
 from t2i_drift.training.objectives.base import Objective
+from t2i_drift.training.sharding import parameter_count
 
 PIPELINE_SUBDIR = "pipeline"
 
@@ -87,7 +88,7 @@ class TextToImageObjective(Objective):
         return self.cfg.train.batch_size
 
     def describe(self, model: torch.nn.Module) -> str:
-        n_params = sum(p.numel() for p in model.parameters())
+        n_params = parameter_count(model)
         prompts = self.cfg.train.batch_size
         return f"generator {n_params / 1e6:.2f}M params | {prompts} prompts per step per process"
 
