@@ -206,3 +206,46 @@ def test_deepspeed_needs_no_gradient_accumulation():
         "train_batch_size": 32,
         "gradient_clipping": 1.0,
     }
+
+
+def test_name_keyed_optimizer_state_round_trips_and_legacy_checkpoints_still_load():
+    """The by-name optimizer format restores AdamW exactly into a fresh optimizer; a checkpoint
+    written before it (tensors keyed ``<index>.<state>``) still loads."""
+    from t2i_drift.training.checkpoint import _unflatten_legacy_optimizer
+    from t2i_drift.training.sharding import full_optimizer_state, load_full_optimizer_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() == 2], "weight_decay": 0.1},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=1e-2)
+    for _ in range(3):
+        model(torch.randn(5, 4)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    expected = optimizer.state_dict()
+    tensors, meta = full_optimizer_state(model, optimizer)
+    assert "0.weight:exp_avg" in tensors and meta["param_groups"][1]["params"] == [
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "2.bias",
+    ]
+    fresh = torch.optim.AdamW(
+        [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in groups], lr=1e-2
+    )
+    load_full_optimizer_state(model, fresh, tensors, meta, "test")
+    legacy_tensors = {f"{i}.{k}": v for i, state in expected["state"].items() for k, v in state.items()}
+    legacy = _unflatten_legacy_optimizer(
+        legacy_tensors, {"param_groups": expected["param_groups"], "scalars": {}}
+    )
+    for restored in (fresh.state_dict(), legacy):
+        assert restored["state"].keys() == expected["state"].keys()
+        for index, state in expected["state"].items():
+            for key, value in state.items():
+                assert torch.equal(restored["state"][index][key], value), (index, key)
+    shuffled = dict(meta, param_groups=list(reversed(meta["param_groups"])))
+    with pytest.raises(ValueError, match="differ between the checkpoint and this model"):
+        load_full_optimizer_state(model, fresh, tensors, shuffled, "test")

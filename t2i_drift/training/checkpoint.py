@@ -17,8 +17,8 @@ full disk) never leaves a ``checkpoint-N`` that looks complete. ``latest`` takes
 complete checkpoint of the run; a checkpoint missing a part is an error naming the file.
 Checkpoints carry their run's id, and rotation deletes only the current run's.
 
-Every tensor is saved whole (gathered from FSDP shards: training/sharding.py), so a checkpoint
-resumes on any number of processes and topology, and exports without the trainer.
+Every tensor is saved whole (gathered from FSDP shards or ZeRO partitions: training/sharding.py),
+so a checkpoint resumes on any number of processes and topology, and exports without the trainer.
 """
 
 from __future__ import annotations

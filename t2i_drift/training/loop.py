@@ -367,7 +367,8 @@ def _maybe_checkpoint(run: Run) -> None:
 def _maybe_validate(run: Run) -> None:
     """Every ``train.validation_steps`` (and at the end): render ``train.validation_prompts`` with
     the EMA weights (what the export will hold) as a labelled grid, save it as
-    ``validation/step-N.png`` and send it to the trackers. Main process only."""
+    ``validation/step-N.png`` and send it to the trackers. The main process renders; a sharded
+    model's EMA weights are first gathered by every process."""
     train, step = run.cfg.train, run.state.step
     if not train.validation_prompts or (step % train.validation_steps and step != run.objective.total_steps):
         return
