@@ -9,7 +9,8 @@ Each objective trains with ``objective.name=<objective>`` and the same recipe, s
 --max_steps into <out_dir>/<objective>/; an objective whose <out_dir>/<objective>/pipeline exists is
 not trained again (an interrupted run resumes from its latest checkpoint). Drifting and regression
 are evaluated at 1 NFE, flow matching at each --nfe, with the suite of scripts/evaluate.py
-(--data openmoji: FD-EffNetLite0, retrieval; shapes: checker accuracy; both: diversity and latency).
+(--data openmoji: FD-EffNetLite0, retrieval; shapes: checker accuracy, on the captions the recipe
+trains on unless --shapes-omit says otherwise; both: diversity and latency).
 Each evaluation is saved as <out_dir>/<objective>/eval_<data>.json and reused while the pipeline and
 the settings are unchanged. Writes <doc>.md (a table: objective, NFE, train wall time from each
 run_summary.json, quality, diversity, latency; the command) and <doc>.png (the main quality metric
@@ -23,7 +24,7 @@ import json
 import platform
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -89,6 +90,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, Config], 
                 f"argument --data: {args.data} does not match the recipe's data.name="
                 f"{configs[objective].data.name} ({args.config})"
             )
+    if args.data == "shapes" and args.shapes_omit is None:
+        # evaluate the captions the models were trained on
+        settings = replace(settings, shapes_omit=tuple(next(iter(configs.values())).data.shapes_omit))
     return args, configs, settings
 
 

@@ -9,7 +9,10 @@ tool. Generates --seeds images per scene caption, checks each with
 t2i_drift.data.shapes.check_image and prints JSON: per-attribute accuracy (count, colour, shape,
 position, size), the fraction of images with every attribute right, and the same for the real
 renders (the checker's ceiling). ``heldout`` captions use colour-shape pairs that never appear in
-training. --max-scenes takes that many scenes spread evenly over the split.
+training. --max-scenes takes that many scenes (captions) spread evenly over the split.
+--shapes-omit position|size scores a model trained on captions that leave those attributes out
+(data.shapes_omit): an image is right when it matches any scene its caption allows, and
+``coverage`` says how many of a caption's scenes its images draw.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+from t2i_drift.data.shapes import CAPTION_OMITS
 from t2i_drift.eval.frechet import EffNetLite0Embedder
 from t2i_drift.eval.generation import default_steps, load_for_eval, pipeline_resolution, steps_kwargs
 from t2i_drift.eval.suites import EvalSettings, ShapesSuite
@@ -36,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nfe", type=int, default=None, help="sampling steps (multi-step pipelines only)")
     parser.add_argument("--max-scenes", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--shapes-omit",
+        nargs="*",
+        choices=CAPTION_OMITS,
+        default=[],
+        help="attributes the captions leave out",
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -55,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(f"argument --nfe: {err}")
     settings = EvalSettings(
-        seeds=args.seeds, guidance_scale=args.guidance_scale, batch_size=args.batch_size, num=args.max_scenes
+        seeds=args.seeds,
+        guidance_scale=args.guidance_scale,
+        batch_size=args.batch_size,
+        num=args.max_scenes,
+        shapes_omit=tuple(args.shapes_omit),
     )
     embedder = EffNetLite0Embedder().to(pipe.device)
     suite = ShapesSuite(pipeline_resolution(pipe), settings, embedder, splits=[args.split])
@@ -63,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "split": args.split,
         "scenes": suite.reference["scenes"][args.split],
+        "captions": suite.reference["captions"][args.split],
+        "shapes_omit": suite.reference["shapes_omit"],
         "images": run["images"],
         "guidance_scale": args.guidance_scale,
         "nfe": nfe,

@@ -205,3 +205,24 @@ def test_existing_runs_are_reused_and_reported(compare, tmp_path, capsys):
     shutil.rmtree(out / "regression" / "pipeline")  # a missing pipeline trains again
     with pytest.raises(AssertionError, match="training was started"):
         compare.main(argv)
+
+
+def test_shapes_with_omitted_attributes_evaluates_the_recipes_captions(compare, tmp_path):
+    """A recipe whose captions leave out the position: the evaluation takes data.shapes_omit from the
+    recipe, scores any scene a caption allows and reports the coverage column."""
+    out = tmp_path / "out"
+    tiny_pipeline(16).save_pretrained(out / "drifting" / "pipeline")
+    (out / "drifting" / "run_summary.json").write_text(json.dumps({"steps": 2, "train_wall_s": 5.0}))
+    doc = tmp_path / "omit"
+    argv = [
+        "data.name=shapes", "data.shapes_omit=[position]",
+        "--config", str(RECIPES / "tiny_test.yaml"), "--data", "shapes", "--max_steps", "2",
+        "--objectives", "drifting", "--out_dir", str(out), "--doc", str(doc),
+        "--num", "2", "--seeds", "2", "--diversity-prompts", "2", "--batch-size", "8",
+    ]  # fmt: skip
+    assert compare.main(argv) == 0
+    saved = json.loads((out / "drifting" / "eval_shapes.json").read_text())
+    assert saved["settings"]["shapes_omit"] == ["position"] and saved["reference"]["captions"]["train"] == 2
+    text = (tmp_path / "omit.md").read_text()
+    assert "coverage train / held-out" in text and "Captions leave out position" in text
+    assert "real renders (scenes drawn at random, 2 per caption)" in text

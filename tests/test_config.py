@@ -67,6 +67,9 @@ def test_bad_overrides_name_the_key(override, key):
         ("optim.betas=[2, 3]", "optim.betas"),
         ("optim.ema_decay=2", "optim.ema_decay"),
         ("train.output_dir=", "train.output_dir"),
+        ("data.shapes_omit=[colour]", "data.shapes_omit"),
+        ("data.shapes_omit=[size, size]", "data.shapes_omit"),
+        ("data.shapes_omit=[position]", "data.shapes_omit"),  # the default data is openmoji
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):

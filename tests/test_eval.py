@@ -22,7 +22,15 @@ from t2i_drift.eval.generation import (
     steps_kwargs,
     transformer_passes,
 )
-from t2i_drift.eval.shapes import attribute_accuracy, render_scenes, split_scenes, spread_indices
+from t2i_drift.eval.shapes import (
+    attribute_accuracy,
+    group_accuracy,
+    render_from_groups,
+    render_scenes,
+    split_caption_groups,
+    split_scenes,
+    spread_indices,
+)
 from t2i_drift.eval.suites import EvalSettings, OpenMojiSuite, ShapesSuite, evaluate_pipeline
 
 SCRIPTS = Path(__file__).parent.parent / "scripts"
@@ -224,6 +232,51 @@ def test_shapes_suite_scores_each_nfe_against_the_real_reference():
     json.dumps(result)  # JSON-ready
 
 
+def test_group_accuracy_takes_the_best_matching_scene_and_measures_coverage():
+    groups = [g for _, g in split_caption_groups("heldout", ["position"], 12)]
+    assert {len(g) for g in groups} == {4, 5}
+    per = 6
+    repeated = [g for g in groups for _ in range(per)]
+    real = group_accuracy(render_from_groups(groups, 32, per, seed=1), repeated)
+    assert real["all_attributes"] == 1.0 and 0.4 < real["coverage"] < 1.0  # 6 random draws of 4-5 scenes
+    assert real["scenes_per_caption"] == sum(len(g) for g in groups) / len(groups)
+    # one layout per caption, always the same: every image right, coverage one scene per caption
+    same = group_accuracy(render_scenes([g[0] for g in repeated], 32, seed=2), repeated)
+    assert same["all_attributes"] == 1.0
+    assert same["coverage"] == pytest.approx(sum(1 / len(g) for g in groups) / len(groups))
+    # the caption's mean image (what regression converges to) is right for almost none of them
+    images = render_from_groups(groups, 32, 8, seed=3).reshape(len(groups), 8, 3, 32, 32)
+    mean = images.mean(1).repeat_interleave(per, 0)
+    blurred = group_accuracy(mean, repeated)
+    assert blurred["all_attributes"] < 0.25 and blurred["coverage"] < 0.1
+    # with nothing omitted, a group is one scene and the accuracies are attribute_accuracy's
+    scenes = split_scenes("heldout", 40)
+    noisy = render_scenes(scenes, 32, seed=4) + 0.3 * torch.randn(
+        40, 3, 32, 32, generator=torch.Generator().manual_seed(0)
+    )
+    single = group_accuracy(noisy, [g for _, g in split_caption_groups("heldout", [], 40)])
+    expected = attribute_accuracy(noisy, scenes)
+    assert {k: single[k] for k in expected} == expected and 0 < expected["all_attributes"] < 1
+    with pytest.raises(ValueError, match="caption groups"):
+        group_accuracy(noisy[:2], [[scenes[0]]])
+
+
+def test_shapes_suite_with_omitted_attributes_scores_any_allowed_scene():
+    settings = EvalSettings(seeds=2, num=3, batch_size=8, diversity_prompts=2, shapes_omit=("position",))
+    suite = ShapesSuite(16, settings, StubEmbedder(), splits=["heldout"])
+    ref = suite.reference
+    assert ref["shapes_omit"] == ["position"] and ref["captions"] == {"heldout": 3}
+    assert ref["scenes"]["heldout"] > 3 and ref["real_renders_per_caption"] == 2
+    assert ref["real_renders"]["heldout"]["all_attributes"] > 0.5
+    # renders of a caption's scenes differ by layout, far more than jitter
+    assert ref["diversity"]["within_prompt"]["pixel_rms"] > 0.1
+    (run,) = evaluate_pipeline(tiny_pipeline(16), suite, [1], progress=False)["runs"]
+    assert run["images"] == 3 * 2 and 0 <= run["heldout"]["coverage"] <= 1
+    assert [c for c, _ in suite.groups["heldout"]][0].split()[-1] in ("circle", "square", "triangle")
+    with pytest.raises(ValueError, match="shapes_omit"):
+        EvalSettings(shapes_omit=("colour",))
+
+
 def test_openmoji_suite_reports_fd_floor_retrieval_and_diversity():
     settings = EvalSettings(seeds=2, num=6, num_val=4, batch_size=8, diversity_prompts=3)
     suite = OpenMojiSuite(16, settings, StubEmbedder())
@@ -267,6 +320,12 @@ def test_evaluate_script_on_shapes_and_openmoji(pipes, tmp_path):
     assert emoji["reference"]["num_train"] == 4 and emoji["reference"]["num_val"] == 3
     assert np.isfinite(run["fd_gen_train"]) and np.isfinite(emoji["reference"]["fd_real_train_val"])
     assert run["latency_s_per_image"] > 0 and "not FID" in emoji["metrics"]["fd"]
+
+
+def test_evaluate_script_refuses_shapes_options_on_openmoji(pipes, capsys):
+    with pytest.raises(SystemExit) as err:
+        load_script("evaluate").main(["--model", str(pipes["drifting"]), "--shapes-omit", "position"])
+    assert err.value.code == 2 and "--shapes-omit" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_evaluate_script_rejects_steps_for_a_one_step_pipeline(pipes, capsys):

@@ -16,9 +16,12 @@ from t2i_drift.data.shapes import (
     SHAPES,
     SIZES,
     Scene,
+    ShapeObject,
     ShapesDataset,
     all_scenes,
+    caption_groups,
     check_image,
+    check_omit,
     render_scene,
 )
 from t2i_drift.data.splits import caption_hash
@@ -178,3 +181,32 @@ def test_evaluate_shapes_script(tmp_path):
     result = json.loads(out.read_text())
     assert result["scenes"] == 40 and result["real_renders"]["all_attributes"] >= 0.97
     assert result["generated"]["all_attributes"] < 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+#                          Under-specified captions (several scenes each)
+# ----------------------------------------------------------------------------------------------
+def test_captions_without_an_attribute_group_its_scenes():
+    one = Scene((ShapeObject("circle", "red", "top", "large"),))
+    objects = (ShapeObject("circle", "red", "left", "small"), ShapeObject("square", "blue", "right", "small"))
+    two = Scene(objects, "to the left of")
+    assert one.caption_without(["position"]) == "a large red circle"
+    assert one.caption_without(["size"]) == "a red circle at the top"
+    assert one.caption_without(["position", "size"]) == "a red circle"
+    assert two.caption_without(["position"]) == "a red circle and a blue square"
+    assert two.caption_without(["size"]) == two.caption  # two-object captions name no size
+    with pytest.raises(ValueError, match="colour"):
+        check_omit(["colour"])
+
+    groups = caption_groups(SCENES, ["position"])
+    sizes = Counter(len(g) for g in groups.values())
+    assert sizes == {5: len(SHAPES) * len(COLOURS) * len(SIZES), 4: 18 * 15}  # positions; relations
+    assert all(len({s.caption for s in g}) == len(g) for g in groups.values())  # distinct scenes
+    assert len(caption_groups(SCENES, [])) == len(SCENES)
+    both = caption_groups(SCENES, ["size", "position"])
+    assert len(both["a red circle"]) == len(POSITIONS) * len(SIZES)
+
+    data = ShapesDataset("train", resolution=16, renders_per_scene=2, omit=["position"])
+    per_caption = Counter(data.captions)
+    assert set(per_caption.values()) == {2 * 4, 2 * 5} and "a large red circle" in per_caption
+    assert data.captions[0] == data.scenes[0].caption_without(["position"])

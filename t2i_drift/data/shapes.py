@@ -5,6 +5,13 @@ Scenes (every combination is enumerated, then rendered with seeded jitter):
     two objects   "a {colour} {shape} {relation} a {colour} {shape}"   different colours, small,
                   relations "to the left of", "to the right of", "above", "below"
 
+Under-specified captions (``omit``): leaving ``position`` out of the caption ("a large red circle"
+for a circle at any of the five positions; "a red circle and a blue square" for any of the four
+relations) or ``size`` out ("a red circle at the top", small or large) gives each caption several
+scenes, so the conditional distribution of an image given its caption has several modes, as real
+captions do. A caption's scenes are :func:`caption_groups`; a generated image is right when it
+matches any of them.
+
 Split by attribute combination: the (colour, shape) pairs in ``HELD_OUT_PAIRS`` never appear in a
 training caption; the ``heldout`` split holds every scene that uses at least one of them, so a
 model evaluated there must compose attributes it has only seen apart.
@@ -81,6 +88,18 @@ class ShapeObject:
     size: str
 
 
+CAPTION_OMITS = ("position", "size")
+"""Attributes a caption may leave out (module docstring)."""
+
+
+def check_omit(omit: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``omit`` as a sorted tuple of distinct :data:`CAPTION_OMITS` entries; ValueError otherwise."""
+    unknown = [a for a in omit if a not in CAPTION_OMITS]
+    if unknown:
+        raise ValueError(f"caption omits must be among {list(CAPTION_OMITS)}, got {unknown}")
+    return tuple(sorted(set(omit)))
+
+
 @dataclass(frozen=True)
 class Scene:
     """One or two objects; ``relation`` is set for two."""
@@ -90,12 +109,22 @@ class Scene:
 
     @property
     def caption(self) -> str:
+        """The full caption: every attribute the checker tests."""
+        return self.caption_without(())
+
+    def caption_without(self, omit: tuple[str, ...] | list[str]) -> str:
+        """The caption with the attributes in ``omit`` (:data:`CAPTION_OMITS`) left out."""
         if self.relation is None:
             o = self.objects[0]
-            return f"a {o.size} {o.colour} {o.shape} {POSITION_PHRASES[o.position]}"
+            words = ["a"] if "size" in omit else ["a", o.size]
+            words += [o.colour, o.shape]
+            if "position" not in omit:
+                words.append(POSITION_PHRASES[o.position])
+            return " ".join(words)
         a, b = self.objects
         first = f"{_article(a.colour)} {a.colour} {a.shape}"
-        return f"{first} {self.relation} {_article(b.colour)} {b.colour} {b.shape}"
+        relation = "and" if "position" in omit else self.relation
+        return f"{first} {relation} {_article(b.colour)} {b.colour} {b.shape}"
 
     @property
     def held_out(self) -> bool:
@@ -128,6 +157,20 @@ def all_scenes() -> list[Scene]:
         p1, p2 = RELATIONS[relation]
         scenes.append(Scene((ShapeObject(s1, c1, p1, "small"), ShapeObject(s2, c2, p2, "small")), relation))
     return scenes
+
+
+def caption_groups(scenes: list[Scene], omit: tuple[str, ...] | list[str]) -> dict[str, list[Scene]]:
+    """The scenes each caption with ``omit`` left out describes, captions in first-seen order.
+
+    With nothing omitted every caption has one scene. Omitting ``position``, a one-object caption
+    has five scenes and a two-object caption four (one per relation); omitting ``size`` doubles the
+    one-object scenes.
+    """
+    omit = check_omit(omit)
+    groups: dict[str, list[Scene]] = {}
+    for scene in scenes:
+        groups.setdefault(scene.caption_without(omit), []).append(scene)
+    return groups
 
 
 def render_scene(scene: Scene, resolution: int, seed: int = 0) -> np.ndarray:
@@ -259,8 +302,13 @@ def check_image(image: np.ndarray | torch.Tensor, scene: Scene) -> dict[str, boo
 
     An attribute of an object that was not found (no component of its colour) counts as wrong.
     """
-    found = find_objects(image)
     resolution = image.shape[0] if isinstance(image, np.ndarray) else image.shape[-1]
+    return check_objects(find_objects(image), resolution, scene)
+
+
+def check_objects(found: list[Component], resolution: int, scene: Scene) -> dict[str, bool | None]:
+    """:func:`check_image` on the objects :func:`find_objects` found in an image of side
+    ``resolution`` (to check one image against several scenes without finding them again)."""
     by_colour: dict[str, Component] = {}
     for c in found:  # largest component of each colour
         by_colour.setdefault(c.colour, c)
@@ -295,6 +343,8 @@ class ShapesDataset(RenderedImageCaptionDataset):
         renders_per_scene: jittered renders of each scene (seeded by scene and render index).
         max_samples: keep the first N items.
         seed: base seed of the jitter.
+        omit: attributes the captions leave out (:data:`CAPTION_OMITS`): each caption then pairs
+            with the renders of several scenes.
     Items:
         ``{"pixel_values": [3, R, R] float32 in [-1, 1], "caption": str, "caption_id": int,
         "label": int}``; ``label`` is :func:`scene_label` (``num_classes`` classes).
@@ -309,9 +359,11 @@ class ShapesDataset(RenderedImageCaptionDataset):
         renders_per_scene: int = 1,
         max_samples: int | None = None,
         seed: int = 0,
+        omit: tuple[str, ...] | list[str] = (),
     ):
         if split not in ("train", "heldout"):
             raise ValueError(f"shapes split must be 'train' or 'heldout', got {split!r}")
+        self.omit = check_omit(omit)
         scenes = [s for s in all_scenes() if s.held_out == (split == "heldout")]
         self.scenes = [s for s in scenes for _ in range(renders_per_scene)]
         seeds = [seed * 1_000_003 + i for i in range(len(self.scenes))]
@@ -321,7 +373,7 @@ class ShapesDataset(RenderedImageCaptionDataset):
         self.images = torch.from_numpy(
             np.stack([render_scene(s, resolution, k) for s, k in zip(self.scenes, seeds, strict=True)])
         )
-        self.captions = [s.caption for s in self.scenes]
+        self.captions = [s.caption_without(self.omit) for s in self.scenes]
         self.labels = [scene_label(s) for s in self.scenes]
 
     def __getitem__(self, idx: int) -> dict:

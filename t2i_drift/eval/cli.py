@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from t2i_drift.data.shapes import CAPTION_OMITS
 from t2i_drift.eval.suites import DATA, EvalSettings
 
 
@@ -20,7 +21,7 @@ def add_eval_arguments(
     parser: argparse.ArgumentParser, data_required: bool = False, nfe_default: Sequence[int] | None = None
 ) -> None:
     """--data, --nfe, --num, --num-val, --seeds, --seed, --guidance-scale, --batch-size,
-    --diversity-prompts, --device."""
+    --diversity-prompts, --shapes-omit, --device."""
     parser.add_argument(
         "--data",
         choices=DATA,
@@ -53,6 +54,14 @@ def add_eval_arguments(
     parser.add_argument(
         "--diversity-prompts", type=positive_int, default=100, help="captions in the diversity figures"
     )
+    parser.add_argument(
+        "--shapes-omit",
+        nargs="*",
+        choices=CAPTION_OMITS,
+        default=None,
+        help="shapes: attributes the captions leave out, as the model was trained (data.shapes_omit); "
+        "an image is then right when it matches any scene its caption allows",
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
@@ -62,6 +71,8 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         value = getattr(args, name)
         if value is not None and value < 2:
             parser.error(f"argument --{name.replace('_', '-')}: must be >= 2, got {value}")
+    if args.shapes_omit and args.data != "shapes":
+        parser.error(f"argument --shapes-omit: applies to --data shapes only, got --data {args.data}")
     return EvalSettings(
         seeds=args.seeds,
         seed=args.seed,
@@ -70,4 +81,5 @@ def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         num=args.num,
         num_val=args.num_val,
         diversity_prompts=args.diversity_prompts,
+        shapes_omit=tuple(args.shapes_omit or ()),
     )

@@ -103,7 +103,9 @@ def cached_eval(
     if not path.is_file() or not index.is_file() or path.stat().st_mtime < index.stat().st_mtime:
         return None
     saved = json.loads(path.read_text())
-    if saved.get("settings") != dict(settings) or [r["nfe"] for r in saved.get("runs", [])] != list(nfes):
+    if saved.get("settings") != json.loads(json.dumps(dict(settings))) or [
+        r["nfe"] for r in saved.get("runs", [])
+    ] != list(nfes):
         return None
     return saved
 
@@ -133,11 +135,15 @@ def table_rows(
     data: str, evals: Mapping[str, Mapping[str, Any]], summaries: Mapping[str, Mapping[str, Any]]
 ) -> tuple[list[str], list[list[str]]]:
     """Markdown table header and rows: one row per (objective, NFE), objectives in OBJECTIVES order,
-    and for shapes a last row with the real renders (the checker's ceiling, their diversity)."""
+    and for shapes a last row with the real renders (the checker's ceiling, their diversity); for
+    shapes with under-specified captions, a column with the coverage of each caption's scenes."""
+    omitted = data == "shapes" and any(e["reference"].get("shapes_omit") for e in evals.values())
     if data == "openmoji":
         metrics = ["FD-EffNetLite0 train / val", "retrieval top-1 / top-5"]
     elif data == "shapes":
         metrics = ["all attributes train / held-out", "held-out count / colour / shape / position / size"]
+        if omitted:
+            metrics.append("coverage train / held-out")
     else:
         raise ValueError(f"data must be openmoji or shapes, got {data!r}")
     header = [
@@ -166,6 +172,8 @@ def table_rows(
                     f"{_pct(r['train']['all_attributes'])} / {_pct(held['all_attributes'])}",
                     " / ".join(_pct(held[a]) for a in ("count", "colour", "shape", "position", "size")),
                 ]
+                if omitted:
+                    quality.append(f"{_pct(r['train'].get('coverage'))} / {_pct(held.get('coverage'))}")
             within = _within(r)
             rows.append(
                 [
@@ -189,15 +197,21 @@ def table_rows(
         ref = next(iter(evals.values()))["reference"]
         real, div = ref["real_renders"], (ref["diversity"] or {}).get("within_prompt") or {}
         held = real.get("heldout", {})
+        label = f"real renders ({ref['renders_per_caption']} per caption)"
+        coverage = []
+        if omitted:
+            label = f"real renders (scenes drawn at random, {ref['real_renders_per_caption']} per caption)"
+            coverage = [f"{_pct(real.get('train', {}).get('coverage'))} / {_pct(held.get('coverage'))}"]
         rows.append(
             [
-                f"real renders ({ref['renders_per_caption']} per caption)",
+                label,
                 "-",
                 "-",
                 "-",
                 "-",
                 f"{_pct(real.get('train', {}).get('all_attributes'))} / {_pct(held.get('all_attributes'))}",
                 " / ".join(_pct(held.get(a)) for a in ("count", "colour", "shape", "position", "size")),
+                *coverage,
                 _num(div.get("pixel_rms"), 4),
                 _num(div.get("effnet_l2"), 2),
                 "-",
@@ -313,6 +327,18 @@ def write_report(
             "OpenMoji has one image per caption, so there is no real within-caption figure; for scale, "
             f"real images of different captions are {_num(between.get('pixel_rms'), 4)} apart in pixel RMS "
             f"and {_num(between.get('effnet_l2'), 2)} in EffNet L2.",
+        ]
+    elif ref.get("shapes_omit"):
+        captions = ref.get("captions", {})
+        lines += [
+            f"Captions leave out {' and '.join(ref['shapes_omit'])} (`data.shapes_omit`), so each caption "
+            "describes several scenes. Accuracy: the analytic checker on "
+            f"{settings['seeds']} images per caption, {captions.get('train', '-')} training and "
+            f"{captions.get('heldout', '-')} held-out captions ({ref['scenes'].get('train', '-')} and "
+            f"{ref['scenes'].get('heldout', '-')} scenes); an image is scored against the scene of its "
+            "caption it matches best. Coverage: the share of a caption's scenes that at least one of its "
+            "images draws fully right, averaged over captions. The last row scores real renders of scenes "
+            "drawn at random from each caption's scenes, as many per caption as the generators get.",
         ]
     else:
         lines += [

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.shapes import Scene, check_omit
 from t2i_drift.eval.diversity import diversity
 from t2i_drift.eval.frechet import EffNetLite0Embedder, frechet_distance
 from t2i_drift.eval.generation import (
@@ -37,7 +38,14 @@ from t2i_drift.eval.generation import (
     transformer_passes,
 )
 from t2i_drift.eval.retrieval import paired_retrieval_accuracy
-from t2i_drift.eval.shapes import SPLITS, attribute_accuracy, render_scenes, split_scenes, spread_indices
+from t2i_drift.eval.shapes import (
+    SPLITS,
+    group_accuracy,
+    render_from_groups,
+    render_scenes,
+    split_caption_groups,
+    spread_indices,
+)
 from t2i_drift.pipelines import TextToImagePipeline
 
 DATA = ("openmoji", "shapes")
@@ -70,6 +78,8 @@ class EvalSettings:
         num_val: OpenMoji: validation captions scored, spread over the split (default all 220).
         diversity_prompts: prompts whose images enter the diversity figures (spread over the scored ones).
         renders_per_caption: shapes: jittered real renders per caption for the real diversity.
+        shapes_omit: shapes: attributes the captions leave out (the training recipe's
+            ``data.shapes_omit``); each caption then describes several scenes.
     """
 
     seeds: int = 2
@@ -80,8 +90,13 @@ class EvalSettings:
     num_val: int | None = None
     diversity_prompts: int = 100
     renders_per_caption: int = 4
+    shapes_omit: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "shapes_omit", check_omit(self.shapes_omit))
+        except ValueError as err:
+            raise ValueError(f"shapes_omit: {err}") from None
         for name in ("seeds", "batch_size", "diversity_prompts", "renders_per_caption"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -183,7 +198,11 @@ class OpenMojiSuite:
 
 
 class ShapesSuite:
-    """Checker accuracy per attribute and split, diversity and latency on the built-in shapes set."""
+    """Checker accuracy per attribute and split, diversity and latency on the built-in shapes set.
+
+    With ``settings.shapes_omit`` the captions leave attributes out and each describes several
+    scenes: an image counts as right when it matches any of them, and ``coverage`` reports how many
+    of a caption's scenes its ``seeds`` images draw (t2i_drift/eval/shapes.py)."""
 
     data = "shapes"
 
@@ -197,40 +216,56 @@ class ShapesSuite:
         if not splits or any(split not in SPLITS for split in splits):
             raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {list(splits)}")
         self.settings, self.embedder, self.resolution = settings, embedder, resolution
-        self.scenes = {split: split_scenes(split, settings.num) for split in splits}
+        self.omit = check_omit(settings.shapes_omit)
+        self.groups = {split: split_caption_groups(split, self.omit, settings.num) for split in splits}
         self.splits = list(splits)
-        # diversity: scenes spread over the first split, as rows of that split's scene list
-        first = self.scenes[self.splits[0]]
+        # diversity: captions spread over the first split, as rows of that split's caption list
+        first = [scenes for _, scenes in self.groups[self.splits[0]]]
         self.div_rows = spread_indices(len(first), settings.diversity_prompts)
         renders = settings.renders_per_caption
-        real_div = render_scenes([first[r] for r in self.div_rows], resolution, renders, seed=1)
+        real_div = self._real([first[r] for r in self.div_rows], renders, seed=1)
         real_diversity = (
             _grouped_diversity(real_div, renders, embedder, "real diversity")
             if renders >= 2
             else diversity(real_div.unsqueeze(1))
         )
+        # the checker's ceiling: one render per caption, or with omitted attributes as many as
+        # the generator gets (seeds), so that the real coverage is comparable
+        per_caption = settings.seeds if self.omit else 1
+        real_renders = {}
+        for split, groups in self.groups.items():
+            scenes = [g for _, g in groups]
+            images = self._real(scenes, per_caption, seed=0)
+            real_renders[split] = group_accuracy(images, [g for g in scenes for _ in range(per_caption)])
         self.reference = {
-            "scenes": {split: len(scenes) for split, scenes in self.scenes.items()},
-            "real_renders": {
-                split: attribute_accuracy(render_scenes(scenes, resolution), scenes)
-                for split, scenes in self.scenes.items()
-            },
+            "scenes": {split: sum(len(g) for _, g in groups) for split, groups in self.groups.items()},
+            "captions": {split: len(groups) for split, groups in self.groups.items()},
+            "shapes_omit": list(self.omit),
+            "real_renders": real_renders,
+            "real_renders_per_caption": per_caption,
             "diversity_split": self.splits[0],
             "diversity_prompts": len(self.div_rows),
             "renders_per_caption": renders,
             "diversity": real_diversity,
         }
 
+    def _real(self, groups: Sequence[Sequence[Scene]], per_caption: int, seed: int) -> torch.Tensor:
+        """[len(groups) * per_caption, 3, R, R] real images, caption-major: jittered renders of the
+        caption's one scene, or of scenes drawn from its group when attributes are omitted."""
+        if self.omit:
+            return render_from_groups(groups, self.resolution, per_caption, seed=seed)
+        return render_scenes([g[0] for g in groups], self.resolution, per_caption, seed=seed)
+
     def evaluate(self, pipe: TextToImagePipeline, nfe: int) -> dict[str, Any]:
         """Scores of ``pipe`` sampled with ``nfe`` steps (see the module docstring)."""
         s = self.settings
         kwargs = {"guidance_scale": s.guidance_scale, **steps_kwargs(pipe, nfe)}
         accuracy, runs, div_images = {}, [], None
-        for k, (split, scenes) in enumerate(self.scenes.items()):
-            repeated = [scene for scene in scenes for _ in range(s.seeds)]  # scene-major, S per scene
+        for k, (split, groups) in enumerate(self.groups.items()):
+            repeated = [(caption, g) for caption, g in groups for _ in range(s.seeds)]  # caption-major
             gen = generate_images(
                 pipe,
-                [scene.caption for scene in repeated],
+                [caption for caption, _ in repeated],
                 s.seed + k,
                 s.batch_size,
                 kwargs,
@@ -238,10 +273,10 @@ class ShapesSuite:
                 desc=f"gen {split}",
             )
             runs.append(gen)
-            accuracy[split] = attribute_accuracy(gen.images, repeated)
+            accuracy[split] = group_accuracy(gen.images, [g for _, g in repeated])
             if k == 0:
-                groups = gen.images.reshape(len(scenes), s.seeds, *gen.images.shape[1:])  # [n, S, 3, R, R]
-                div_images = groups[self.div_rows].flatten(0, 1)  # [D * S, 3, R, R]
+                per = gen.images.reshape(len(groups), s.seeds, *gen.images.shape[1:])  # [n, S, 3, R, R]
+                div_images = per[self.div_rows].flatten(0, 1)  # [D * S, 3, R, R]
         out = _timing(pipe, nfe, s.guidance_scale, runs)
         out.update(accuracy)
         out["diversity"] = _grouped_diversity(div_images, s.seeds, self.embedder, "gen diversity")

@@ -93,6 +93,7 @@ def build_in_memory_dataset(data: DataConfig, seed: int) -> RenderedImageCaption
             renders_per_scene=data.renders_per_scene,
             max_samples=data.max_samples,
             seed=seed,
+            omit=data.shapes_omit,
         )
     if data.name != "openmoji":
         raise ValueError(f"data.name={data.name!r} is not a known dataset")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from t2i_drift.data.shapes import CAPTION_OMITS
 from t2i_drift.models.transformer_drifting import TextAttention
 from t2i_drift.text.open_clip_text import OPEN_CLIP_PREFIX
 from t2i_drift.training.strict_config import (
@@ -68,6 +69,9 @@ class DataConfig:
     """DataLoader worker processes for decoding (0: in the training process)."""
     renders_per_scene: int = 4
     """``shapes`` only: jittered renders of each scene (its 788 training scenes x this)."""
+    shapes_omit: list[str] = field(default_factory=list)
+    """``shapes`` only: attributes the captions leave out, among ``position`` and ``size``: each
+    caption then describes several scenes (a multimodal conditional; t2i_drift/data/shapes.py)."""
 
 
 @dataclass
@@ -487,6 +491,17 @@ def validate_config(cfg: Config, source: str = "config") -> None:
             or cfg.data.allow_shell
             or not any(part.strip().startswith("pipe:") for part in (cfg.data.path or "").split("::")),
             "a pipe: URL runs a shell command for every shard; set data.allow_shell=true to allow it",
+        ),
+        (
+            "data.shapes_omit",
+            set(cfg.data.shapes_omit) <= set(CAPTION_OMITS)
+            and len(set(cfg.data.shapes_omit)) == len(cfg.data.shapes_omit),
+            f"must list distinct attributes among {list(CAPTION_OMITS)}",
+        ),
+        (
+            "data.shapes_omit",
+            cfg.data.name == "shapes" or not cfg.data.shapes_omit,
+            "applies to data.name=shapes only",
         ),
         ("data.shuffle_buffer", cfg.data.shuffle_buffer >= 0, "must be >= 0"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
