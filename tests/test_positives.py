@@ -9,6 +9,7 @@ from t2i_drift.data.caption_bank import CaptionBank
 from t2i_drift.data.rendered import RenderedImageCaptionDataset
 from t2i_drift.data.source import InMemorySource, StreamSource
 from t2i_drift.data.splits import caption_hash
+from t2i_drift.data.text_neighbours import TextNeighbourBank
 from t2i_drift.training.config import ConfigError, DriftConfig, load_config
 from t2i_drift.training.positives import ExtraPositives
 from t2i_drift.training.runs import train_t2i
@@ -85,6 +86,8 @@ def test_caption_positives_refuse_a_stream_by_name():
         ("drift.positives_per_prompt=0", "drift.positives_per_prompt"),
         ("drift.positive_crop_scale=[0.9, 0.5]", "drift.positive_crop_scale"),
         ("drift.positives_from=neighbours", "drift.positives_from"),
+        ("drift.neighbours=0", "drift.neighbours"),
+        ("drift.neighbour_temperature=0", "drift.neighbour_temperature"),
     ],
 )
 def test_positive_options_are_checked_when_the_config_loads(override, key):
@@ -92,7 +95,49 @@ def test_positive_options_are_checked_when_the_config_loads(override, key):
         load_config(RECIPE, [override])
 
 
-@pytest.mark.parametrize("mode", ["caption", "augment"])
+def _neighbour_bank(k: int, temperature: float) -> TextNeighbourBank:
+    # distinct captions a, b, c; b is near a (cosine 0.8), c far from both
+    pooled = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    return TextNeighbourBank(_Set(CAPTIONS), pooled, k=k, temperature=temperature)
+
+
+def _neighbour_draw(bank: TextNeighbourBank, indices: list[int], count: int, seed: int = 0) -> torch.Tensor:
+    ids = torch.tensor([caption_hash(CAPTIONS[i]) for i in indices])
+    pixels = bank.draw(ids, torch.tensor(indices), count, torch.Generator().manual_seed(seed))
+    assert pixels.shape == (len(indices), count, 3, 4, 4)
+    return ((pixels[:, :, 0, 0, 0] + 1) * 127.5).round().long()  # [B, count] dataset positions
+
+
+def test_text_neighbours_draw_near_captions_in_proportion_to_their_similarity():
+    bank = _neighbour_bank(k=2, temperature=0.2)
+    assert TextNeighbourBank.distinct_captions(_Set(CAPTIONS)) == ["a", "b", "c"]
+    picks = _neighbour_draw(bank, [0, 3], count=2000)
+    a_images, b_images = {0, 2, 4, 6}, {1, 5}
+    first = picks[0].tolist()
+    assert set(first) <= (a_images - {0}) | b_images  # a's other images and b's; never c, never 0
+    from_b = sum(p in b_images for p in first) / len(first)
+    expected = 1 / (1 + torch.exp(torch.tensor(0.2 / 0.2)).item())  # softmax([1, 0.8] / 0.2)[1]
+    assert abs(from_b - expected) < 0.04
+    # c has no other image: its neighbours are a and b (its own paired image ranks last, not drawn)
+    assert set(picks[1].tolist()) <= a_images | b_images
+    assert torch.equal(picks, _neighbour_draw(bank, [0, 3], count=2000))  # seeded
+    # a cold temperature keeps to the nearest candidates: a's own other images
+    assert set(_neighbour_draw(_neighbour_bank(k=3, temperature=1e-3), [0], 200)[0].tolist()) == {2, 4, 6}
+
+
+def test_text_neighbours_check_their_inputs_and_fall_back_to_the_paired_image():
+    with pytest.raises(ValueError, match=r"\[3, D\]"):
+        TextNeighbourBank(_Set(CAPTIONS), torch.zeros(2, 3), k=2, temperature=0.1)
+    with pytest.raises(ValueError, match="k >= 1"):
+        TextNeighbourBank(_Set(CAPTIONS), torch.eye(3), k=0, temperature=0.1)
+    lone = TextNeighbourBank(_Set(["x"]), torch.ones(1, 4), k=4, temperature=0.1)
+    drawn = lone.draw(torch.tensor([caption_hash("x")]), torch.tensor([0]), 3, torch.Generator())
+    assert torch.equal(drawn, torch.full((1, 3, 3, 4, 4), -1.0))  # image 0 (value 0): the only one
+    with pytest.raises(KeyError, match="text-neighbour bank"):
+        lone.draw(torch.tensor([1]), torch.tensor([0]), 1, torch.Generator())
+
+
+@pytest.mark.parametrize("mode", ["caption", "augment", "text_neighbours"])
 def test_training_with_extra_positives_feeds_them_to_the_drift(tmp_path, mode, monkeypatch):
     """Two steps of the smoke recipe with 3 positives per prompt: every step draws 2 more images
     per prompt, and each key's groups reach the drift with 3 positives (and drift.mask_self)."""

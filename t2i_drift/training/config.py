@@ -280,10 +280,17 @@ class DriftConfig:
     positives_per_prompt: int = 1
     """P positives per prompt (docs/method.md section 7): the paired image plus P - 1 more, drawn
     as ``positives_from`` says. 1 is the paired image alone."""
-    positives_from: Literal["caption", "augment"] = "caption"
+    positives_from: Literal["caption", "augment", "text_neighbours"] = "caption"
     """Where the P - 1 extra positives come from. ``caption``: other images of the prompt's caption
     (a caption-keyed bank over an in-memory data set, the paper's per-class bank; a caption with
-    fewer than P images repeats them). ``augment``: random crops (and flips) of the paired image."""
+    fewer than P images repeats them). ``augment``: random crops (and flips) of the paired image.
+    ``text_neighbours``: images of the ``neighbours`` captions nearest in pooled text embedding
+    (the prompt's own other images included), drawn with probability softmax(cosine similarity /
+    ``neighbour_temperature``) (t2i_drift/data/text_neighbours.py)."""
+    neighbours: int = 8
+    """``positives_from: text_neighbours``: candidate captions per caption."""
+    neighbour_temperature: float = 0.05
+    """``positives_from: text_neighbours``: softmax temperature over cosine similarities."""
     positive_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     """Area fraction (min, max) of the crops of ``positives_from: augment``."""
     positive_hflip: bool = False
@@ -417,6 +424,8 @@ def validate_config(cfg: Config, source: str = "config") -> None:
     checks = [
         ("drift.samples_per_prompt", d.samples_per_prompt >= 2, "must be >= 2 (the drift needs negatives)"),
         ("drift.positives_per_prompt", d.positives_per_prompt >= 1, "must be >= 1"),
+        ("drift.neighbours", d.neighbours >= 1, "must be >= 1"),
+        ("drift.neighbour_temperature", d.neighbour_temperature > 0, "must be > 0"),
         (
             "drift.positive_crop_scale",
             len(d.positive_crop_scale) == 2 and 0 < d.positive_crop_scale[0] <= d.positive_crop_scale[1] <= 1,

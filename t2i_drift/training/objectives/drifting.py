@@ -33,7 +33,7 @@ class DriftingObjective(TextToImageObjective):
             cfg.features,
         )
         self.init_drift(accelerator)
-        self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution)
+        self.extra_positives = ExtraPositives(cfg.drift, self.source, cfg.data.resolution, self.conditioner)
 
     def init_drift(self, accelerator: Any) -> None:
         """The field's options (and the per-key weights, fixed at the first step)."""
