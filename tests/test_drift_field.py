@@ -211,3 +211,24 @@ def test_text_to_image_grouping_matches_explicit_groups():
     ref, _ = drifting_loss({"k": groups})
     torch.testing.assert_close(loss, 0.5 * ref)
     assert float(stats["loss/k"]) == pytest.approx(ref.item())
+
+
+def test_unmasked_field_seeks_the_nearest_mode_only_without_the_affinity_floor():
+    """Two modes of one condition, 4 positives at each; two samples, each 20% of the way from the
+    positives' mean to a different mode; the samples stay among their own negatives. Each sample's
+    zero distance to itself takes nearly all of its row softmax, so every other affinity falls
+    under the official 1e-6 floor: the floor makes the positives' weights equal and the field points
+    back to their mean. Without the floor the kernel still ranks the positives and the field
+    points on to the sample's own mode (docs/method.md section 7)."""
+    g = torch.Generator().manual_seed(0)
+    D = 256
+    modes = torch.zeros(2, D)
+    modes[0, :8], modes[1, 8:16] = 1.0, 1.0
+    mean = modes.mean(0)
+    pos = (modes.repeat_interleave(4, 0) + 0.02 * torch.randn(8, D, generator=g))[None]  # [1, 8, D]
+    gen = (mean + 0.2 * (modes - mean))[None]  # [1, 2, D]: sample k leans to mode k
+    to_mode = (modes - gen[0])[None]  # [1, 2, D]
+    for floor, expected_sign in ((1e-6, -1.0), (0.0, 1.0)):
+        V = drifting_field(gen, pos, mask_self=False, affinity_floor=floor)
+        cos = torch.nn.functional.cosine_similarity(V, to_mode, dim=-1)  # [1, 2]
+        assert (cos * expected_sign > 0.5).all(), (floor, cos)

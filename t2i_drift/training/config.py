@@ -277,6 +277,12 @@ class DriftConfig:
     """Leave each generated sample out of its own negatives (true: the paper's Algorithm 2). With a
     single positive per prompt that makes a prompt's samples repel each other without bound
     (docs/method.md section 7), so training keeps every sample among its own negatives by default."""
+    affinity_floor: float = 1e-6
+    """Floor under the product of the kernel's two softmaxes (the official release's 1e-6; 0
+    disables it). With ``mask_self: false`` a sample's zero distance to itself takes nearly all of
+    its row softmax, every other affinity falls to the floor, and the floor makes them equal: the
+    samples are then pulled to the mean of the positives instead of the nearest one
+    (docs/method.md section 7). Set 0 when a prompt has several positives."""
     positives_per_prompt: int = 1
     """P positives per prompt (docs/method.md section 7): the paired image plus P - 1 more, drawn
     as ``positives_from`` says. 1 is the paired image alone."""
@@ -424,6 +430,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
     checks = [
         ("drift.samples_per_prompt", d.samples_per_prompt >= 2, "must be >= 2 (the drift needs negatives)"),
         ("drift.positives_per_prompt", d.positives_per_prompt >= 1, "must be >= 1"),
+        ("drift.affinity_floor", 0.0 <= d.affinity_floor < 1.0, "must be in [0, 1)"),
         ("drift.neighbours", d.neighbours >= 1, "must be >= 1"),
         ("drift.neighbour_temperature", d.neighbour_temperature > 0, "must be > 0"),
         (

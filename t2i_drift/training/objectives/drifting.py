@@ -45,6 +45,7 @@ class DriftingObjective(TextToImageObjective):
             memory_budget=None if budget is None else int(budget * 2**20),
             compile=cfg.drift.compile,
             mask_self=cfg.drift.mask_self,
+            affinity_floor=cfg.drift.affinity_floor,
         )
         self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
 
