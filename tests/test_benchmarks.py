@@ -171,3 +171,20 @@ def test_bench_train_variants_report_ratios_to_the_base_setting(tmp_path):
     base, fast = json.loads(out.read_text())
     assert "step_ratio_to_base" not in base and fast["step_ratio_to_base"] > 0
     assert fast["setting"]["overrides"] == variant.split()
+
+
+def test_bench_mode_seeking_prints_each_variant_and_rejects_bad_ones():
+    proc = _run(
+        [sys.executable, "scripts/bench_mode_seeking.py", "--captions", "2", "--samples", "2", "--steps", "4",
+         "--variant", "a:mask_self=0,affinity_floor=0,positives=3", "--variant", "b:mask_self=1,positives=1"]
+    )  # fmt: skip
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
+    assert len(rows) == 10  # 5 logged steps per variant
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert 0.0 <= float(cells[2]) <= 1.0 and 0.0 <= float(cells[3]) <= 1.0 and float(cells[5]) >= 0.0
+    bad = subprocess.run(
+        [sys.executable, "scripts/bench_mode_seeking.py", "--variant", "x:floor=0"],
+        capture_output=True, text=True, env=OFFLINE, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "floor" in bad.stderr

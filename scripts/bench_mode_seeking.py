@@ -1,0 +1,152 @@
+#!/usr/bin/env python
+"""Does the drifting field put samples on a caption's modes, or on their mean? A free-pixel probe.
+
+    python scripts/bench_mode_seeking.py [--captions 16] [--samples 4] [--steps 300] \\
+        [--variant NAME:mask_self=0,affinity_floor=1e-6,positives=8 ...]
+
+Shapes captions without the position ("a large red circle") have five layouts each. For every
+caption the probe starts ``--samples`` free images at the caption's mean image (plus N(0, 0.05^2)
+noise, so that they can break the symmetry) and optimizes them with Adam under the drifting loss
+alone, raw-pixel key, no generator. Each step draws ``positives`` of the caption's 20 renders (4
+per layout) as its positives; the other captions' paired images are the unconditional negatives,
+as in training. Reported every quarter of the run, per variant:
+
+- ``all``: the share of samples the shapes checker finds fully right for some layout of the caption;
+- ``coverage``: the share of a caption's layouts drawn by at least one sample (real draws of the
+  same number reach ``1 - (4/5)^samples``, 0.59 for 4);
+- ``to mean`` / ``to nearest``: mean squared pixel distance to the caption's mean image and to the
+  nearest real render.
+
+A mode-seeking field ends with ``all`` near 1 and ``to nearest`` near 0; a mean-seeking one stays
+at the mean (``to mean`` near 0, ``all`` near 0); a diverging one moves away from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from t2i_drift.data.shapes import all_scenes, caption_groups, render_scene
+from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
+from t2i_drift.eval.shapes import group_accuracy
+
+DEFAULT_VARIANTS = (
+    "unmasked, floor 1e-6 (before):mask_self=0,affinity_floor=1e-6,positives=8",
+    "unmasked, no floor:mask_self=0,affinity_floor=0,positives=8",
+    "self-masked, floor 1e-6 (paper):mask_self=1,affinity_floor=1e-6,positives=8",
+    "unmasked, no floor, 1 positive:mask_self=0,affinity_floor=0,positives=1",
+)
+RENDERS_PER_LAYOUT = 4
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, float]]:
+    """``NAME:key=value,...`` with keys mask_self, affinity_floor, positives."""
+    name, _, spec = text.rpartition(":")
+    values = {"mask_self": 0.0, "affinity_floor": 0.0, "positives": 8.0}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in values:
+            raise argparse.ArgumentTypeError(f"unknown variant key {key!r} in {text!r}; use {list(values)}")
+        values[key] = float(value)
+    if values["positives"] < 1:
+        raise argparse.ArgumentTypeError(f"positives must be >= 1 in {text!r}")
+    return name or spec, values
+
+
+def caption_bank(captions: int) -> tuple[list, torch.Tensor]:
+    """The first ``captions`` five-layout training captions and their renders [C, 20, 3, 32, 32]."""
+    groups = [
+        g
+        for g in caption_groups([s for s in all_scenes() if not s.held_out], ["position"]).values()
+        if len(g) == 5
+    ][:captions]
+    renders = []
+    for c, group in enumerate(groups):
+        images = [
+            render_scene(group[k % len(group)], 32, seed=1000 * c + k)
+            for k in range(len(group) * RENDERS_PER_LAYOUT)
+        ]
+        renders.append(torch.stack([torch.from_numpy(i).permute(2, 0, 1) for i in images]))
+    return groups, torch.stack(renders).float() / 127.5 - 1.0
+
+
+def run_variant(
+    groups: list, bank: torch.Tensor, values: dict[str, float], samples: int, steps: int, seed: int
+) -> list[dict[str, float]]:
+    """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``."""
+    C, R = bank.shape[:2]
+    P = int(values["positives"])
+    g = torch.Generator().manual_seed(seed)
+    mean = bank.mean(1)  # [C, 3, 32, 32]
+    x = mean.repeat_interleave(samples, 0) + 0.05 * torch.randn(C * samples, 3, 32, 32, generator=g)
+    x.requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.01)
+    options = DriftOptions(mask_self=bool(values["mask_self"]), affinity_floor=values["affinity_floor"])
+
+    def key(t: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"raw": t.flatten(1)[:, None, :]}  # one location, D = 3072
+
+    rows, log_at = [], {round(i * steps / 4) for i in range(5)}
+    for step in range(steps + 1):
+        if step in log_at:
+            with torch.no_grad():
+                xs = x.detach()
+                acc = group_accuracy(xs.clamp(-1, 1), [grp for grp in groups for _ in range(samples)])
+                per = xs.view(C, samples, -1)
+                nearest = torch.cdist(per, bank.view(C, R, -1)).min(-1).values.pow(2) / per.shape[-1]
+                rows.append(
+                    {
+                        "step": step,
+                        "all": acc["all_attributes"],
+                        "coverage": acc["coverage"],
+                        "to_mean": (per - mean.view(C, 1, -1)).pow(2).mean().item(),
+                        "to_nearest": nearest.mean().item(),
+                    }
+                )
+        if step == steps:
+            break
+        pick = torch.stack([torch.randperm(R, generator=g)[:P] for _ in range(C)])  # [C, P]
+        pos = bank[torch.arange(C)[:, None], pick]  # [C, P, 3, 32, 32]
+        extra = {"raw": pos[:, 1:].flatten(2)[:, :, None, :]} if P > 1 else None
+        loss, _ = text_to_image_drift_loss(
+            key(x), key(pos[:, 0]), samples, torch.ones(C), torch.arange(C), options, extra_positives=extra
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--captions", type=int, default=16, help="five-layout captions (at most 28)")
+    parser.add_argument("--samples", type=int, default=4, help="free samples per caption (G)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", type=parse_variant, action="append", help="NAME:key=value,...")
+    args = parser.parse_args(argv)
+    if not 2 <= args.captions <= 28:
+        parser.error(f"argument --captions: must be in [2, 28], got {args.captions}")
+    if args.samples < 2 or args.steps < 1:
+        parser.error("arguments --samples >= 2 and --steps >= 1 are required")
+    variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
+    groups, bank = caption_bank(args.captions)
+    print(f"{len(groups)} captions x 5 layouts, {args.samples} free samples each, {args.steps} Adam steps")
+    print("| variant | step | all right | coverage | to mean | to nearest real |")
+    print("|---|--:|--:|--:|--:|--:|")
+    for name, values in variants:
+        for r in run_variant(groups, bank, values, args.samples, args.steps, args.seed):
+            print(
+                f"| {name} | {r['step']} | {r['all']:.2f} | {r['coverage']:.2f} | "
+                f"{r['to_mean']:.4f} | {r['to_nearest']:.4f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
