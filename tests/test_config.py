@@ -68,6 +68,7 @@ def test_bad_overrides_name_the_key(override, key):
         ("optim.ema_decay=2", "optim.ema_decay"),
         ("train.output_dir=", "train.output_dir"),
         ("data.shapes_omit=[colour]", "data.shapes_omit"),
+        ("drift.affinity_floor=-0.1", "drift.affinity_floor"),
         ("data.shapes_omit=[size, size]", "data.shapes_omit"),
         ("data.shapes_omit=[position]", "data.shapes_omit"),  # the default data is openmoji
     ],
