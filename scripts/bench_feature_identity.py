@@ -3,7 +3,7 @@
 samples toward their own image? Run it on any feature space before training with it.
 
 A recipe's feature space, exactly as training builds it (its data, its VAE for latent runs, its
-drift temperatures and self-masking):
+drift temperatures, self-masking and affinity floor):
 
     python scripts/bench_feature_identity.py --config recipes/shapes_32px_mae.yaml [key=value ...]
 
@@ -66,7 +66,11 @@ def _recipe_space(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.
         with torch.no_grad():
             real = encode_latents(vae, real)  # free samples live where the generator's outputs do
     encoder = build_feature_encoder(cfg.features, cfg.data.resolution, vae).eval()
-    options = DriftOptions(temperatures=tuple(cfg.drift.temperatures), mask_self=cfg.drift.mask_self)
+    options = DriftOptions(
+        temperatures=tuple(cfg.drift.temperatures),
+        mask_self=cfg.drift.mask_self,
+        affinity_floor=cfg.drift.affinity_floor,
+    )
     return [(Path(args.config).stem, encoder, real)], options
 
 
