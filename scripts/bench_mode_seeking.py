@@ -5,8 +5,9 @@
         [--variant NAME:mask_self=0,affinity_floor=1e-6,positives=8 ...]
 
 Shapes captions without the position ("a large red circle") have five layouts each. For every
-caption the probe starts ``--samples`` free images at the caption's mean image (plus N(0, 0.05^2)
-noise, so that they can break the symmetry) and optimizes them with Adam under the drifting loss
+caption the probe starts ``--samples`` free images at the caption's mean image (plus N(0, s^2)
+noise, s = ``--init-noise``, default 0.05: the differences the field has to amplify to send a
+caption's samples to different layouts) and optimizes them with Adam under the drifting loss
 alone, raw-pixel key, no generator. Each step draws ``positives`` of the caption's 20 renders (4
 per layout) as its positives; the other captions' paired images are the unconditional negatives,
 as in training. Reported every quarter of the run, per variant:
@@ -73,14 +74,20 @@ def caption_bank(captions: int) -> tuple[list, torch.Tensor]:
 
 
 def run_variant(
-    groups: list, bank: torch.Tensor, values: dict[str, float], samples: int, steps: int, seed: int
+    groups: list,
+    bank: torch.Tensor,
+    values: dict[str, float],
+    samples: int,
+    steps: int,
+    seed: int,
+    init_noise: float = 0.05,
 ) -> list[dict[str, float]]:
     """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``."""
     C, R = bank.shape[:2]
     P = int(values["positives"])
     g = torch.Generator().manual_seed(seed)
     mean = bank.mean(1)  # [C, 3, 32, 32]
-    x = mean.repeat_interleave(samples, 0) + 0.05 * torch.randn(C * samples, 3, 32, 32, generator=g)
+    x = mean.repeat_interleave(samples, 0) + init_noise * torch.randn(C * samples, 3, 32, 32, generator=g)
     x.requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.01)
     options = DriftOptions(mask_self=bool(values["mask_self"]), affinity_floor=values["affinity_floor"])
@@ -127,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=4, help="free samples per caption (G)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-noise", type=float, default=0.05, help="std of the samples' start noise")
     parser.add_argument("--variant", type=parse_variant, action="append", help="NAME:key=value,...")
     args = parser.parse_args(argv)
     if not 2 <= args.captions <= 28:
@@ -135,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("arguments --samples >= 2 and --steps >= 1 are required")
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
     groups, bank = caption_bank(args.captions)
-    print(f"{len(groups)} captions x 5 layouts, {args.samples} free samples each, {args.steps} Adam steps")
+    print(
+        f"{len(groups)} captions x 5 layouts, {args.samples} free samples each starting at the mean "
+        f"+ N(0, {args.init_noise}^2), {args.steps} Adam steps"
+    )
     print("| variant | step | all right | coverage | to mean | to nearest real |")
     print("|---|--:|--:|--:|--:|--:|")
     for name, values in variants:
-        for r in run_variant(groups, bank, values, args.samples, args.steps, args.seed):
+        for r in run_variant(groups, bank, values, args.samples, args.steps, args.seed, args.init_noise):
             print(
                 f"| {name} | {r['step']} | {r['all']:.2f} | {r['coverage']:.2f} | "
                 f"{r['to_mean']:.4f} | {r['to_nearest']:.4f} |",
