@@ -20,7 +20,7 @@ import argparse
 import json
 import shlex
 import sys
-from dataclasses import asdict
+from dataclasses import replace
 
 from t2i_drift.eval.ablation import load_plan, read_json, run_dir, training_overrides, write_report
 from t2i_drift.eval.cli import add_eval_arguments, positive_int, settings_from_args
@@ -66,6 +66,9 @@ def parse_args(argv: list[str]):
                 configs[variant, seed] = load_config(plan.config, overrides)
             except ConfigError as err:
                 parser.error(f"{args.plan}: variants.{variant}: {err}")
+    if plan.data == "shapes" and args.shapes_omit is None:
+        # evaluate the captions the runs train on
+        settings = replace(settings, shapes_omit=tuple(next(iter(configs.values())).data.shapes_omit))
     return args, plan, variants, configs, settings
 
 
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = read_json(path)
         if (
             saved
-            and saved.get("settings") == asdict(settings)
+            and saved.get("settings") == settings.to_json()
             and path.stat().st_mtime >= index.stat().st_mtime
         ):
             results[variant][seed] = saved

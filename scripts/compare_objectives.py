@@ -24,7 +24,7 @@ import json
 import platform
 import shlex
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for objective in objectives:
         summaries[objective] = read_run_summary(args.out_dir, objective)
         nfes = objective_nfes(objective, args.nfe)
-        saved = cached_eval(args.out_dir, objective, args.data, asdict(settings), nfes)
+        saved = cached_eval(args.out_dir, objective, args.data, settings.to_json(), nfes)
         if saved is not None:
             print(
                 f"evaluate {objective}: reusing {eval_path(args.out_dir, objective, args.data)}", flush=True

@@ -19,6 +19,7 @@ FD-EffNetLite0 is a Frechet distance in EfficientNet-Lite0 features, not FID (fr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -103,6 +104,11 @@ class EvalSettings:
         for name in ("num", "num_val"):
             if getattr(self, name) is not None and getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as a saved evaluation stores them (tuples become lists), for comparing a
+        saved evaluation's settings with these."""
+        return json.loads(json.dumps(asdict(self)))
 
 
 def _features(embedder: EffNetLite0Embedder, images: torch.Tensor, desc: str) -> np.ndarray:
