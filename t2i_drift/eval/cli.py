@@ -42,7 +42,7 @@ def add_eval_arguments(
         "--num",
         type=int,
         default=None,
-        help="openmoji: training captions scored (default 1000); shapes: scenes per split (default all)",
+        help="openmoji: training captions scored (default 1000); shapes: captions per split (default all)",
     )
     parser.add_argument(
         "--num-val", type=int, default=None, help="openmoji: validation captions scored (default all 220)"
