@@ -29,7 +29,9 @@ class _Set(RenderedImageCaptionDataset):
 CAPTIONS = ["a", "b", "a", "c", "a", "b", "a"]  # a: 0 2 4 6, b: 1 5, c: 3 alone
 
 
-def _drawn(bank: CaptionBank, indices: list[int], count: int, seed: int = 0) -> torch.Tensor:
+def _drawn(
+    bank: CaptionBank | TextNeighbourBank, indices: list[int], count: int, seed: int = 0
+) -> torch.Tensor:
     ids = torch.tensor([caption_hash(CAPTIONS[i]) for i in indices])
     pixels = bank.draw(ids, torch.tensor(indices), count, torch.Generator().manual_seed(seed))
     assert pixels.shape == (len(indices), count, 3, 4, 4)
@@ -101,17 +103,10 @@ def _neighbour_bank(k: int, temperature: float) -> TextNeighbourBank:
     return TextNeighbourBank(_Set(CAPTIONS), pooled, k=k, temperature=temperature)
 
 
-def _neighbour_draw(bank: TextNeighbourBank, indices: list[int], count: int, seed: int = 0) -> torch.Tensor:
-    ids = torch.tensor([caption_hash(CAPTIONS[i]) for i in indices])
-    pixels = bank.draw(ids, torch.tensor(indices), count, torch.Generator().manual_seed(seed))
-    assert pixels.shape == (len(indices), count, 3, 4, 4)
-    return ((pixels[:, :, 0, 0, 0] + 1) * 127.5).round().long()  # [B, count] dataset positions
-
-
 def test_text_neighbours_draw_near_captions_in_proportion_to_their_similarity():
     bank = _neighbour_bank(k=2, temperature=0.2)
     assert TextNeighbourBank.distinct_captions(_Set(CAPTIONS)) == ["a", "b", "c"]
-    picks = _neighbour_draw(bank, [0, 3], count=2000)
+    picks = _drawn(bank, [0, 3], count=2000)
     a_images, b_images = {0, 2, 4, 6}, {1, 5}
     first = picks[0].tolist()
     assert set(first) <= (a_images - {0}) | b_images  # a's other images and b's; never c, never 0
@@ -120,9 +115,9 @@ def test_text_neighbours_draw_near_captions_in_proportion_to_their_similarity():
     assert abs(from_b - expected) < 0.04
     # c has no other image: its neighbours are a and b (its own paired image ranks last, not drawn)
     assert set(picks[1].tolist()) <= a_images | b_images
-    assert torch.equal(picks, _neighbour_draw(bank, [0, 3], count=2000))  # seeded
+    assert torch.equal(picks, _drawn(bank, [0, 3], count=2000))  # seeded
     # a cold temperature keeps to the nearest candidates: a's own other images
-    assert set(_neighbour_draw(_neighbour_bank(k=3, temperature=1e-3), [0], 200)[0].tolist()) == {2, 4, 6}
+    assert set(_drawn(_neighbour_bank(k=3, temperature=1e-3), [0], 200)[0].tolist()) == {2, 4, 6}
 
 
 def test_text_neighbours_check_their_inputs_and_fall_back_to_the_paired_image():

@@ -26,7 +26,6 @@ from t2i_drift.data.shapes import (
     Scene,
     all_scenes,
     caption_groups,
-    check_image,
     check_objects,
     find_objects,
     render_scene,
@@ -113,16 +112,8 @@ def attribute_accuracy(
         raise ValueError(f"got {len(images)} images for {len(scenes)} scenes")
     if not scenes:
         raise ValueError("no images to score")
-    right, total, all_right = Counter(), Counter(), 0
-    for image, scene in zip(images, scenes, strict=True):
-        checked = {k: v for k, v in check_image(image, scene).items() if v is not None}
-        for attribute, ok in checked.items():
-            total[attribute] += 1
-            right[attribute] += ok
-        all_right += all(checked.values())
-    out: dict[str, float | None] = {a: right[a] / total[a] if total[a] else None for a in ATTRIBUTES}
-    out["all_attributes"] = all_right / len(scenes)
-    return out
+    scored = group_accuracy(images, [[scene] for scene in scenes])  # one scene per caption
+    return {k: scored[k] for k in (*ATTRIBUTES, "all_attributes")}
 
 
 def group_accuracy(
