@@ -159,7 +159,7 @@ class MAEFeatures(FrozenEncoder):
     ):
         super().__init__()
         if not isinstance(model, ResNetMAE):
-            model = ResNetMAE.from_pretrained(_mae_folder(model))
+            model = ResNetMAE.from_pretrained(mae_folder(model))
         self.model = model
         valid = model.feature_map_names
         self.maps = list(valid if maps is None else maps)
@@ -227,7 +227,7 @@ class MAEFeatures(FrozenEncoder):
         return out
 
 
-def _mae_folder(path: str | os.PathLike) -> Path:
+def mae_folder(path: str | os.PathLike) -> Path:
     """The ResNetMAE ``save_pretrained`` folder at ``path`` or, for an MAE run folder, ``path/mae``."""
     folder = Path(path)
     for candidate in (folder, folder / "mae"):

@@ -11,8 +11,15 @@ from t2i_drift.hub import push_to_hub
 from t2i_drift.training.config import Config, ConfigError
 from t2i_drift.training.loop import train
 from t2i_drift.training.mae_config import MAEConfig
-from t2i_drift.training.objectives import PIPELINE_SUBDIR, TEXT_TO_IMAGE_OBJECTIVES, MAEObjective
+from t2i_drift.training.objectives import (
+    PIPELINE_SUBDIR,
+    TEXT_TO_IMAGE_OBJECTIVES,
+    MAEObjective,
+    VAEObjective,
+)
 from t2i_drift.training.objectives.mae import MAE_SUBDIR
+from t2i_drift.training.objectives.vae import VAE_SUBDIR
+from t2i_drift.training.vae_config import VAEConfig
 
 
 def train_t2i(cfg: Config) -> Path:
@@ -39,3 +46,9 @@ def train_mae(cfg: MAEConfig) -> Path:
     """Train the MAE feature encoder (scripts/train_mae.py); returns the folder of the EMA model
     (``MAEFeatures(path)`` loads it)."""
     return train(cfg, MAEObjective(cfg)) / MAE_SUBDIR
+
+
+def train_vae(cfg: VAEConfig) -> Path:
+    """Train an ``AutoencoderKL`` on the run's images (scripts/train_vae.py); returns the folder
+    of the EMA model with its measured ``scaling_factor`` (``model.vae`` of a latent run)."""
+    return train(cfg, VAEObjective(cfg)) / VAE_SUBDIR

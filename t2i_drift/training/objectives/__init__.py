@@ -6,6 +6,7 @@ from t2i_drift.training.objectives.flow_matching import FlowMatchingObjective
 from t2i_drift.training.objectives.mae import MAEObjective
 from t2i_drift.training.objectives.regression import RegressionObjective
 from t2i_drift.training.objectives.text_to_image import PIPELINE_SUBDIR, TextToImageObjective
+from t2i_drift.training.objectives.vae import VAEObjective
 
 # ``objective.name`` of a text-to-image run -> its objective.
 TEXT_TO_IMAGE_OBJECTIVES: dict[str, type[TextToImageObjective]] = {
@@ -23,5 +24,6 @@ __all__ = [
     "Objective",
     "RegressionObjective",
     "TextToImageObjective",
+    "VAEObjective",
     "warmup_then_constant",
 ]
