@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from helpers import tiny_mae
+from PIL import Image
 from safetensors.torch import load_file
 
 from t2i_drift import DriftingPipeline
@@ -117,6 +118,7 @@ def test_export_is_a_plain_autoencoder_with_unit_variance_latents(vae_run):
     assert summary["scaling_factor"] == pytest.approx(vae.config.scaling_factor)
     assert summary["latent_shape"] == [4, 8, 8] and summary["measured_on_images"] == 16
     assert summary["reconstruction_psnr_db"] > 0
+    assert Image.open(out / "reconstructions.png").size == (8 * 17 + 1, 2 * 17 + 1)  # 8 pairs, 1 px padding
     lines = [json.loads(x) for x in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3] and {"rec_loss", "kl"} <= lines[0].keys()
     assert not [p for p in out.rglob("*") if p.suffix in (".bin", ".pt", ".pkl", ".pth")]

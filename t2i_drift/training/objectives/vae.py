@@ -13,8 +13,9 @@ or the latent size. The export measures the data's latents (posterior modes of t
 unit-variance latents, by the same conventions as SD's and FLUX's VAEs (t2i_drift/models/vae.py).
 
 Output folder additions (``train.output_dir``):
-    vae/   the EMA model as a plain ``AutoencoderKL`` (config.json + safetensors): use it as
-           ``model.vae`` of a text-to-image run or of an MAE run.
+    vae/                 the EMA model as a plain ``AutoencoderKL`` (config.json + safetensors): use it
+                         as ``model.vae`` of a text-to-image run or of an MAE run.
+    reconstructions.png  the first 8 measured images (top) and their reconstructions (bottom).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from torchvision.utils import save_image
 
 from t2i_drift.data.source import DataSource
 from t2i_drift.models.feature_encoders import mae_folder
@@ -38,6 +40,7 @@ from t2i_drift.training.sharding import parameter_count
 from t2i_drift.training.vae_config import VAEConfig
 
 VAE_SUBDIR = "vae"
+RECONSTRUCTIONS = "reconstructions.png"
 
 
 class AutoencoderKLForTraining(AutoencoderKL):
@@ -191,6 +194,8 @@ class VAEObjective(Objective):
         mse = (recon.clamp(-1, 1) - images).pow(2).mean().item()
         vae_dir = output_dir / VAE_SUBDIR
         vae.save_pretrained(vae_dir)
+        pairs = torch.cat([images[:8], recon[:8].clamp(-1, 1)])  # originals above, reconstructions below
+        save_image(pairs.cpu() * 0.5 + 0.5, output_dir / RECONSTRUCTIONS, nrow=min(8, len(images)), padding=1)
         psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # peak-to-peak 2 in [-1, 1] units
         return {
             "vae": str(vae_dir),
@@ -199,4 +204,5 @@ class VAEObjective(Objective):
             "latent_shape": list(raw.shape[1:]),
             "reconstruction_psnr_db": psnr,
             "measured_on_images": len(images),
+            "reconstructions": str(output_dir / RECONSTRUCTIONS),
         }
