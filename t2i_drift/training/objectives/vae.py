@@ -15,7 +15,7 @@ unit-variance latents, by the same conventions as SD's and FLUX's VAEs (t2i_drif
 Output folder additions (``train.output_dir``):
     vae/                 the EMA model as a plain ``AutoencoderKL`` (config.json + safetensors): use it
                          as ``model.vae`` of a text-to-image run or of an MAE run.
-    reconstructions.png  the first 8 measured images (top) and their reconstructions (bottom).
+    reconstructions.png  8 of the measured images (top) and their reconstructions (bottom).
 """
 
 from __future__ import annotations
@@ -194,7 +194,10 @@ class VAEObjective(Objective):
         mse = (recon.clamp(-1, 1) - images).pow(2).mean().item()
         vae_dir = output_dir / VAE_SUBDIR
         vae.save_pretrained(vae_dir)
-        pairs = torch.cat([images[:8], recon[:8].clamp(-1, 1)])  # originals above, reconstructions below
+        shown = torch.linspace(0, len(images) - 1, min(8, len(images))).long()  # spread over the data
+        pairs = torch.cat(
+            [images[shown], recon[shown].clamp(-1, 1)]
+        )  # originals above, reconstructions below
         save_image(pairs.cpu() * 0.5 + 0.5, output_dir / RECONSTRUCTIONS, nrow=min(8, len(images)), padding=1)
         psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # peak-to-peak 2 in [-1, 1] units
         return {
