@@ -282,7 +282,8 @@ class DriftConfig:
     disables it). With ``mask_self: false`` a sample's zero distance to itself takes nearly all of
     its row softmax, every other affinity falls to the floor, and the floor makes them equal: the
     samples are then pulled to the mean of the positives instead of the nearest one
-    (docs/method.md section 7). Set 0 when a prompt has several positives."""
+    (docs/method.md section 7). Set 0 when a prompt has several positives; keep it with one
+    positive, where a prompt's near-identical samples would otherwise outweigh that positive."""
     positives_per_prompt: int = 1
     """P positives per prompt (docs/method.md section 7): the paired image plus P - 1 more, drawn
     as ``positives_from`` says. 1 is the paired image alone."""
