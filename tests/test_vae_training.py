@@ -4,6 +4,7 @@ text-to-image run uses it."""
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from t2i_drift import DriftingPipeline
+from t2i_drift.eval import reconstruction
+from t2i_drift.eval.reconstruction import psnr, reconstruction_report
 from t2i_drift.models.vae import encode_latents, load_vae
 from t2i_drift.training.config import ConfigError, load_config
 from t2i_drift.training.objectives.vae import first_images, gaussian_kl, perceptual_distance
@@ -180,3 +183,34 @@ def test_a_latent_drifting_run_trains_in_the_trained_vae(vae_run, tmp_path):
     assert pipe.vae.config.scaling_factor == pytest.approx(load_vae(str(folder)).config.scaling_factor)
     images = pipe("a red circle", output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 16, 16, 3)
+
+
+def test_psnr_and_the_shapes_ceiling_score_the_reconstructions(monkeypatch):
+    x = torch.zeros(2, 3, 4, 4)
+    assert psnr(x + 0.02, x) == pytest.approx(10 * math.log10(4 / 0.0004))
+
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda vae, images: images)  # a perfect VAE
+    perfect = reconstruction_report(None, "shapes", 32, max_images=12)
+    assert perfect["train"]["all_attributes"] == 1.0 and perfect["heldout"]["all_attributes"] == 1.0
+    assert perfect["train"]["images"] == 12 and perfect["train"]["psnr_db"] > 100
+    # a decoder that mirrors left and right gets the positions of the reconstructions wrong
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda vae, images: images.flip(-1))
+    mirrored = reconstruction_report(None, "shapes", 32, max_images=12)
+    assert mirrored["train"]["position"] < 1.0 and mirrored["train"]["colour"] == 1.0
+
+
+def test_evaluate_vae_script(vae_run, tmp_path, capsys):
+    _, folder = vae_run
+    spec = importlib.util.spec_from_file_location("evaluate_vae", ROOT / "scripts" / "evaluate_vae.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "report.json"
+    assert (
+        module.main(["--vae", str(folder), "--resolution", "16", "--max-images", "4", "--out", str(out)]) == 0
+    )
+    report = json.loads(out.read_text())
+    assert set(report["splits"]) == {"train", "heldout"} and report["splits"]["heldout"]["images"] == 4
+    assert 0 <= report["splits"]["train"]["all_attributes"] <= 1
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--vae", str(folder), "--resolution", "15"])
+    assert exit_info.value.code == 2 and "--resolution" in capsys.readouterr().err
