@@ -20,7 +20,6 @@ Output folder additions (``train.output_dir``):
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,9 +30,9 @@ from diffusers import AutoencoderKL
 from torchvision.utils import save_image
 
 from t2i_drift.data.source import DataSource
+from t2i_drift.eval.reconstruction import psnr, reconstruct
 from t2i_drift.models.feature_encoders import mae_folder
 from t2i_drift.models.mae_resnet import ResNetMAE
-from t2i_drift.models.vae import decode_latents, encode_latents
 from t2i_drift.training.builders import build_source
 from t2i_drift.training.objectives.base import Objective
 from t2i_drift.training.sharding import parameter_count
@@ -190,22 +189,20 @@ class VAEObjective(Objective):
         shift = raw.mean().item() if self.cfg.export.shift else None
         std = (raw - (shift or 0.0)).std().item()
         vae.register_to_config(scaling_factor=1.0 / std, shift_factor=shift)
-        recon = torch.cat([decode_latents(vae, encode_latents(vae, c)).float() for c in images.split(64)])
-        mse = (recon.clamp(-1, 1) - images).pow(2).mean().item()
+        recon = reconstruct(vae, images, batch_size=64)  # [N, 3, R, R] clamped, on the CPU
+        images = images.cpu()
         vae_dir = output_dir / VAE_SUBDIR
         vae.save_pretrained(vae_dir)
-        shown = torch.linspace(0, len(images) - 1, min(8, len(images))).long()  # spread over the data
-        pairs = torch.cat(
-            [images[shown], recon[shown].clamp(-1, 1)]
-        )  # originals above, reconstructions below
-        save_image(pairs.cpu() * 0.5 + 0.5, output_dir / RECONSTRUCTIONS, nrow=min(8, len(images)), padding=1)
-        psnr = 10 * math.log10(4.0 / max(mse, 1e-12))  # peak-to-peak 2 in [-1, 1] units
+        # 8 originals above their reconstructions, spread over the measured images
+        shown = torch.linspace(0, len(images) - 1, min(8, len(images))).long()
+        pairs = torch.cat([images[shown], recon[shown]])
+        save_image(pairs * 0.5 + 0.5, output_dir / RECONSTRUCTIONS, nrow=len(shown), padding=1)
         return {
             "vae": str(vae_dir),
             "scaling_factor": vae.config.scaling_factor,
             "shift_factor": shift,
             "latent_shape": list(raw.shape[1:]),
-            "reconstruction_psnr_db": psnr,
+            "reconstruction_psnr_db": psnr(recon, images),
             "measured_on_images": len(images),
             "reconstructions": str(output_dir / RECONSTRUCTIONS),
         }
