@@ -4,7 +4,7 @@
     accelerate launch scripts/train_vae.py [--config recipes/vae/NAME.yaml] [--output_dir DIR]
         [--max_steps N] [section.key=value ...]
 
-With no arguments it runs the built-in defaults (shapes at 32x32 -> 4x8x8 latents). The EMA model
+With no arguments it runs the built-in defaults (shapes at 32x32 -> 4x16x16 latents). The EMA model
 lands in <output_dir>/vae with its measured scaling factor; train in its latent space with
 ``model.vae=<output_dir>/vae`` (scripts/train_t2i.py), or a latent MAE on it with
 ``model.vae=<output_dir>/vae model.stem_patch_size=1`` (scripts/train_mae.py).

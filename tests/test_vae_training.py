@@ -52,7 +52,7 @@ def tiny_overrides(out: Path, *extra: str) -> list[str]:
     [
         ("model.latent_chanels=4", "model.latent_chanels"),
         ("model.norm_num_groups=5", "model.norm_num_groups"),
-        ("data.resolution=30", "data.resolution"),  # factor 4 (three blocks)
+        ("data.resolution=31", "data.resolution"),  # factor 2 (two blocks)
         ("loss.kl_weight=-1", "loss.kl_weight"),
         ("loss.reconstruction=l3", "loss.reconstruction"),
         ("export.scaling_images=1", "export.scaling_images"),
