@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -82,3 +85,12 @@ def run_python(code: str, timeout: int = 300, cwd: str | None = None) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py imported as a module (to call its ``main(argv)`` in-process)."""
+    path = Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

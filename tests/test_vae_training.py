@@ -2,7 +2,6 @@
 plain diffusers VAE whose scaling factor makes the data's latents unit-variance, and a latent
 text-to-image run uses it."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from helpers import tiny_mae
+from helpers import load_script, tiny_mae
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -71,9 +70,7 @@ def test_shipped_vae_recipes_load():
 
 
 def test_cli_bad_override_is_a_clear_error(capsys):
-    spec = importlib.util.spec_from_file_location("train_vae", ROOT / "scripts" / "train_vae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("train_vae")
     with pytest.raises(SystemExit) as exit_info:
         module.main(["model.layers_per_block=0"])
     assert exit_info.value.code == 2 and "model.layers_per_block" in capsys.readouterr().err
@@ -201,9 +198,7 @@ def test_psnr_and_the_shapes_ceiling_score_the_reconstructions(monkeypatch):
 
 def test_evaluate_vae_script(vae_run, tmp_path, capsys):
     _, folder = vae_run
-    spec = importlib.util.spec_from_file_location("evaluate_vae", ROOT / "scripts" / "evaluate_vae.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("evaluate_vae")
     out = tmp_path / "report.json"
     assert (
         module.main(["--vae", str(folder), "--resolution", "16", "--max-images", "4", "--out", str(out)]) == 0

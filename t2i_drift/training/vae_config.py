@@ -36,6 +36,11 @@ class VAEModelConfig:
     mid_block_attention: bool = True
     """Self-attention in the mid block (diffusers' default, as in SD's VAE)."""
 
+    @property
+    def scale_factor(self) -> int:
+        """Pixels per latent cell along one side: 2^(len(block_out_channels) - 1)."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
 
 @dataclass
 class VAELossConfig:
@@ -92,7 +97,7 @@ class VAEConfig:
 def validate_vae_config(cfg: VAEConfig, source: str = "config") -> None:
     """Range checks that types alone cannot express; errors name the dotted key."""
     m, loss = cfg.model, cfg.loss
-    factor = 2 ** (len(m.block_out_channels) - 1)
+    factor = m.scale_factor
     checks = [
         (
             "data.path",

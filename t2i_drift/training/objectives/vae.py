@@ -151,7 +151,7 @@ class VAEObjective(Objective):
 
     def describe(self, model: torch.nn.Module) -> str:
         m, r = self.cfg.model, self.cfg.data.resolution
-        f = 2 ** (len(m.block_out_channels) - 1)
+        f = m.scale_factor
         return (
             f"AutoencoderKL {parameter_count(model) / 1e6:.2f}M params | {r}x{r} -> "
             f"{m.latent_channels}x{r // f}x{r // f} latents | {self.cfg.train.batch_size} images per step "
