@@ -38,6 +38,7 @@ def test_int_promotes_to_float_but_not_back():
         ("train.mixed_precision=fp8", "train.mixed_precision"),
         ("features.raw=yes please", "features.raw"),
         ("drift.temperatures=[0.1, abc]", "drift.temperatures[1]"),
+        ("features.drop_keys=[*/loc]", "features.drop_keys=.*not valid YAML .*quote"),  # * is a YAML alias
     ],
 )
 def test_bad_overrides_name_the_key(override, key):

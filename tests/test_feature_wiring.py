@@ -162,3 +162,50 @@ def test_optional_sections_switch_on_with_defaults_and_off_with_null():
     assert cfg.features.effnet.blocks == [0, 2, 4, 10] and cfg.features.raw is None
     assert load_config(RECIPE, ["features.effnet=null"]).features.effnet is None
     assert load_config(None, ["model.text_attention=joint"]).model.text_attention == "joint"
+
+
+def test_drop_keys_removes_matching_maps_and_sets_before_the_loss(parts, tmp_path):
+    """features.drop_keys ablates feature maps or sets by pattern, in pixel and latent runs, and the
+    trainer's logged keys follow."""
+    options = [f"features.mae.path={parts['mae_pixels']}", "features.effnet=null"]
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    full = build_feature_encoder(load_config(RECIPE, options).features, 16)(images)
+    cfg = load_config(RECIPE, [*options, 'features.drop_keys=[mae.s4.*, "*/loc"]'])
+    kept = build_feature_encoder(cfg.features, 16)(images)
+    assert set(kept) == {k for k in full if not k.startswith("mae.s4.") and not k.endswith("/loc")}
+    assert "raw/flat" in kept and "mae.s2.out/mean2x2" in kept and "mae.s1.b2/loc" in full
+    for key in kept:
+        assert torch.equal(kept[key], full[key])
+    latent = load_config(RECIPE, [f"model.vae={parts['vae']}", "model.patch_size=2",
+                                  "features.drop_keys=[effnet.b0/*]"])  # fmt: skip
+    feats = build_feature_encoder(latent.features, 16, load_vae(latent.model.vae))(torch.randn(2, 4, 8, 8))
+    assert not any(k.startswith("effnet.b0/") for k in feats) and "effnet.b2/loc" in feats
+    run = tmp_path / "run"
+    train_t2i(load_config(RECIPE, [*options, "features.drop_keys=[mae*]", "train.max_steps=1",
+                                   f"train.output_dir={run}"]))  # fmt: skip
+    logged = json.loads((run / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert any(k.startswith("raw/flat") for k in logged)
+    assert not any(k.startswith("mae") for k in logged)
+
+
+def test_drop_keys_errors_name_the_key_before_training(parts):
+    options = [f"features.mae.path={parts['mae_pixels']}", "features.effnet=null"]
+    unmatched = r"features.drop_keys: 'mae.s9.\*' matches no feature key.*mae.s1.b2/loc"
+    with pytest.raises(ValueError, match=unmatched):
+        cfg = load_config(RECIPE, [*options, "features.drop_keys=[mae.s9.*]"])
+        build_feature_encoder(cfg.features, 16)
+    with pytest.raises(ValueError, match="features.drop_keys: .* drop every feature key"):
+        cfg = load_config(RECIPE, [*options, "features.drop_keys=[mae*, raw/*]"])
+        build_feature_encoder(cfg.features, 16)
+
+
+def test_feature_errors_reach_the_command_line_as_usage_errors(tmp_path, capsys):
+    """A feature key at fault is the CLI's exit 2 naming it, not a traceback from deep in training."""
+    from t2i_drift.training.cli import run_training_cli
+
+    argv = ["--config", str(RECIPE), "features.drop_keys=[nope]", f"train.output_dir={tmp_path / 'run'}"]
+    with pytest.raises(SystemExit) as err:
+        run_training_cli("doc", load_config, train_t2i, argv)
+    message = capsys.readouterr().err.splitlines()[-1]
+    assert err.value.code == 2 and "features.drop_keys: 'nope' matches no feature key" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -8,6 +8,7 @@ with respect to their input: the generator's gradient flows through them.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -239,11 +240,27 @@ def mae_folder(path: str | os.PathLike) -> Path:
 
 
 class MultiFeatureEncoder(FrozenEncoder):
-    """Several encoders in one loss; keys are kept apart (each its own normalization)."""
+    """Several encoders in one loss; keys are kept apart (each its own normalization).
 
-    def __init__(self, encoders: Mapping[str, nn.Module]):
+    Args:
+        encoders: name -> encoder returning ``dict[key, Tensor[N, L, D]]``.
+        drop_keys: shell-style patterns (``fnmatch``, e.g. ``"mae.s4.out/*"``, ``"*/std2x2"``) of keys
+            left out of the output: ablates feature maps or sets without retraining the encoder.
+    """
+
+    def __init__(self, encoders: Mapping[str, nn.Module], drop_keys: Sequence[str] = ()):
         super().__init__()
         self.encoders = nn.ModuleDict(dict(encoders))
+        self.drop_keys = tuple(drop_keys)
+
+    def dropped(self, key: str) -> bool:
+        """Whether ``key`` matches one of ``drop_keys``."""
+        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.drop_keys)
+
+    def all_keys(self, images: torch.Tensor) -> list[str]:
+        """Every key the encoders produce for ``images`` [N, C, H, W], dropped ones included."""
+        with torch.no_grad():
+            return [key for encoder in self.encoders.values() for key in encoder(images)]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -251,7 +268,8 @@ class MultiFeatureEncoder(FrozenEncoder):
             for key, value in encoder(images).items():
                 if key in out:
                     raise ValueError(f"feature key {key!r} produced twice (encoder {name!r})")
-                out[key] = value
+                if not self.dropped(key):
+                    out[key] = value
         return out
 
 

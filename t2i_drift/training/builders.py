@@ -3,6 +3,7 @@ conditioner, feature encoders, optimizer."""
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from t2i_drift.models.vae import vae_scale_factor
 from t2i_drift.text.conditioner import TextConditioner, TextEncoderSpec
 from t2i_drift.training.config import (
     FEATURE_ENCODERS,
+    ConfigError,
     DataConfig,
     FeaturesConfig,
     ModelConfig,
@@ -161,7 +163,8 @@ def build_feature_encoder(
 ) -> MultiFeatureEncoder:
     """Frozen encoders whose keyed features enter the loss (docs/method.md section 4); each key
     keeps its own normalization. With ``vae`` (a latent-space run) the pixel-space encoders see
-    the decoded latents at ``resolution`` pixels, and an MAE must have the latents' channels."""
+    the decoded latents at ``resolution`` pixels, and an MAE must have the latents' channels.
+    Raises ``ConfigError`` naming the ``features`` key at fault (the CLI's exit 2, no traceback)."""
     f = features
     pixel: dict[str, torch.nn.Module] = {}
     if f.effnet is not None:
@@ -182,7 +185,7 @@ def build_feature_encoder(
                 location_norm=f.hub.location_norm,
             )
         except ValueError as err:
-            raise ValueError(f"features.hub.name: {err}") from None
+            raise ConfigError(f"features.hub.name: {err}") from None
     encoders: dict[str, torch.nn.Module] = {}
     if pixel and vae is not None:  # latent run: pixel encoders see decoded latents
         encoders["decoded"] = DecodedLatentFeatures(vae, MultiFeatureEncoder(pixel), pixel_size=resolution)
@@ -193,8 +196,27 @@ def build_feature_encoder(
     if f.raw is not None:
         encoders["raw"] = RawFeatures()
     if not encoders:
-        raise ValueError(f"features: enable at least one of {list(FEATURE_ENCODERS)}")
-    return MultiFeatureEncoder(encoders)
+        raise ConfigError(f"features: enable at least one of {list(FEATURE_ENCODERS)}")
+    encoder = MultiFeatureEncoder(encoders, drop_keys=f.drop_keys)
+    if f.drop_keys:
+        _check_drop_keys(encoder, resolution, vae)
+    return encoder
+
+
+def _check_drop_keys(encoder: MultiFeatureEncoder, resolution: int, vae: AutoencoderKL | None) -> None:
+    """Every ``features.drop_keys`` pattern matches a key and some key remains: one forward pass of
+    a blank sample in the generator's output space lists the keys."""
+    if vae is None:
+        blank = torch.zeros(1, 3, resolution, resolution)
+    else:
+        side = resolution // vae_scale_factor(vae)
+        blank = torch.zeros(1, vae.config.latent_channels, side, side, dtype=vae.dtype)
+    keys = encoder.all_keys(blank)
+    for pattern in encoder.drop_keys:
+        if not any(fnmatch.fnmatchcase(key, pattern) for key in keys):
+            raise ConfigError(f"features.drop_keys: {pattern!r} matches no feature key; the keys are {keys}")
+    if all(encoder.dropped(key) for key in keys):
+        raise ConfigError(f"features.drop_keys: {list(encoder.drop_keys)} drop every feature key")
 
 
 def _mae_features(f: FeaturesConfig, vae: AutoencoderKL | None) -> MAEFeatures:
@@ -210,11 +232,11 @@ def _mae_features(f: FeaturesConfig, vae: AutoencoderKL | None) -> MAEFeatures:
             input_rms_on_encoder_input=f.mae.input_rms_on_encoder_input,
         )
     except (OSError, ValueError) as err:
-        raise ValueError(f"features.mae.path={f.mae.path!r}: {err}") from None
+        raise ConfigError(f"features.mae.path={f.mae.path!r}: {err}") from None
     expected = 3 if vae is None else vae.config.latent_channels
     if mae.model.config.in_channels != expected:
         space = "pixels" if vae is None else f"the latents of model.vae ({expected} channels)"
-        raise ValueError(
+        raise ConfigError(
             f"features.mae.path={f.mae.path!r} was trained on {mae.model.config.in_channels}-channel "
             f"inputs but this run's generator outputs {space}"
         )

@@ -223,6 +223,11 @@ class FeaturesConfig:
     """Patch mean/std sets of every encoder's feature maps (docs/method.md section 4)."""
     per_location: bool = True
     """Include set (a), per-location vectors, of every encoder's feature maps."""
+    drop_keys: list[str] = field(default_factory=list)
+    """Feature keys left out of the loss, as shell-style patterns over the key names
+    (``mae.s1.b2/loc``, ``mae.s4.out/std2x2``, ``raw/flat``): ``["mae.s4.*"]`` drops a stage,
+    ``["*/loc"]`` every per-location set. Each pattern must match a key of the configured
+    encoders, and at least one key must remain (checked before training)."""
     channels_last: bool = False
     """Run the frozen convolutional encoders (MAE, EfficientNet) in channels-last memory format
     (faster convolutions on GPUs with bf16; scripts/bench_train.py measures it)."""

@@ -138,7 +138,12 @@ def apply_overrides(cfg: ConfigT, overrides: list[str]) -> ConfigT:
         keys = dotted.strip().split(".")
         if len(keys) < 2:
             raise ConfigError(f"override {item!r} must name a section and a key, e.g. train.max_steps=10")
-        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            hint = " (quote patterns that start with * or contain ': ')" if "*" in raw or ": " in raw else ""
+            reason = str(err).replace("\n", " ")
+            raise ConfigError(f"override {item!r}: the value is not valid YAML{hint}: {reason}") from None
         nested: dict[str, Any] = value
         for key in reversed(keys):
             nested = {key: nested}
