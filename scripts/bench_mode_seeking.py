@@ -20,6 +20,11 @@ as in training. Reported every quarter of the run, per variant:
 
 A mode-seeking field ends with ``all`` near 1 and ``to nearest`` near 0; a mean-seeking one stays
 at the mean (``to mean`` near 0, ``all`` near 0); a diverging one moves away from both.
+
+``--vae FOLDER`` (a diffusers AutoencoderKL, e.g. a scripts/train_vae.py export) runs the same probe
+in its latent space, as a latent generator's field sees it: the renders are encoded with the
+training conventions, the free samples are latents starting at the caption's mean latent, the key
+is the flattened latent, the checker scores their decodings, and the distances are per latent element.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from t2i_drift.data.shapes import all_scenes, caption_groups, render_scene
 from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
 from t2i_drift.eval.shapes import group_accuracy
+from t2i_drift.models.vae import decode_latents, encode_latents, load_vae
 
 DEFAULT_VARIANTS = (
     "unmasked, floor 1e-6 (before):mask_self=0,affinity_floor=1e-6,positives=8",
@@ -81,26 +87,33 @@ def run_variant(
     steps: int,
     seed: int,
     init_noise: float = 0.05,
+    vae: torch.nn.Module | None = None,
 ) -> list[dict[str, float]]:
-    """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``."""
+    """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``.
+
+    ``bank``: [C, R, c, h, w] renders [C, R, 3, 32, 32], or their latents when ``vae`` is given
+    (whose decodings the checker then scores)."""
     C, R = bank.shape[:2]
     P = int(values["positives"])
     g = torch.Generator().manual_seed(seed)
-    mean = bank.mean(1)  # [C, 3, 32, 32]
-    x = mean.repeat_interleave(samples, 0) + init_noise * torch.randn(C * samples, 3, 32, 32, generator=g)
+    mean = bank.mean(1)  # [C, c, h, w]
+    x = mean.repeat_interleave(samples, 0) + init_noise * torch.randn(
+        C * samples, *mean.shape[1:], generator=g
+    )
     x.requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.01)
     options = DriftOptions(mask_self=bool(values["mask_self"]), affinity_floor=values["affinity_floor"])
 
     def key(t: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"raw": t.flatten(1)[:, None, :]}  # one location, D = 3072
+        return {"raw": t.flatten(1)[:, None, :]}  # one location, D = c*h*w
 
     rows, log_at = [], {round(i * steps / 4) for i in range(5)}
     for step in range(steps + 1):
         if step in log_at:
             with torch.no_grad():
                 xs = x.detach()
-                acc = group_accuracy(xs.clamp(-1, 1), [grp for grp in groups for _ in range(samples)])
+                images = xs if vae is None else decode_latents(vae, xs).float()
+                acc = group_accuracy(images.clamp(-1, 1), [grp for grp in groups for _ in range(samples)])
                 per = xs.view(C, samples, -1)
                 nearest = torch.cdist(per, bank.view(C, R, -1)).min(-1).values.pow(2) / per.shape[-1]
                 rows.append(
@@ -115,7 +128,7 @@ def run_variant(
         if step == steps:
             break
         pick = torch.stack([torch.randperm(R, generator=g)[:P] for _ in range(C)])  # [C, P]
-        pos = bank[torch.arange(C)[:, None], pick]  # [C, P, 3, 32, 32]
+        pos = bank[torch.arange(C)[:, None], pick]  # [C, P, c, h, w]
         extra = {"raw": pos[:, 1:].flatten(2)[:, :, None, :]} if P > 1 else None
         loss, _ = text_to_image_drift_loss(
             key(x), key(pos[:, 0]), samples, torch.ones(C), torch.arange(C), options, extra_positives=extra
@@ -136,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-noise", type=float, default=0.05, help="std of the samples' start noise")
     parser.add_argument("--variant", type=parse_variant, action="append", help="NAME:key=value,...")
+    parser.add_argument("--vae", default=None, help="probe in this AutoencoderKL's latent space (folder)")
     args = parser.parse_args(argv)
     if not 2 <= args.captions <= 28:
         parser.error(f"argument --captions: must be in [2, 28], got {args.captions}")
@@ -143,14 +157,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("arguments --samples >= 2 and --steps >= 1 are required")
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
     groups, bank = caption_bank(args.captions)
+    vae = None
+    if args.vae is not None:
+        try:
+            vae = load_vae(args.vae)
+        except (OSError, ValueError) as err:
+            parser.error(f"argument --vae: {err}")
+        with torch.no_grad():
+            bank = encode_latents(vae, bank.flatten(0, 1)).unflatten(0, bank.shape[:2]).float().contiguous()
+    space = "pixels" if vae is None else f"the latents of {args.vae} {list(bank.shape[2:])}"
     print(
-        f"{len(groups)} captions x 5 layouts, {args.samples} free samples each starting at the mean "
-        f"+ N(0, {args.init_noise}^2), {args.steps} Adam steps"
+        f"{len(groups)} captions x 5 layouts in {space}, {args.samples} free samples each starting at "
+        f"the mean + N(0, {args.init_noise}^2), {args.steps} Adam steps"
     )
     print("| variant | step | all right | coverage | to mean | to nearest real |")
     print("|---|--:|--:|--:|--:|--:|")
     for name, values in variants:
-        for r in run_variant(groups, bank, values, args.samples, args.steps, args.seed, args.init_noise):
+        rows = run_variant(groups, bank, values, args.samples, args.steps, args.seed, args.init_noise, vae)
+        for r in rows:
             print(
                 f"| {name} | {r['step']} | {r['all']:.2f} | {r['coverage']:.2f} | "
                 f"{r['to_mean']:.4f} | {r['to_nearest']:.4f} |",

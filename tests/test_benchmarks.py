@@ -188,3 +188,23 @@ def test_bench_mode_seeking_prints_each_variant_and_rejects_bad_ones():
         capture_output=True, text=True, env=OFFLINE, cwd=ROOT,
     )  # fmt: skip
     assert bad.returncode == 2 and "floor" in bad.stderr
+
+
+def test_bench_mode_seeking_runs_in_a_vae_latent_space(tmp_path):
+    """--vae: the free samples are latents (the distances are per latent element), the checker
+    scores their decodings; a folder that is not a VAE is a usage error naming --vae."""
+    from helpers import tiny_vae
+
+    tiny_vae(scaling_factor=0.7, shift_factor=0.0).save_pretrained(tmp_path / "vae")
+    proc = _run(
+        [sys.executable, "scripts/bench_mode_seeking.py", "--captions", "2", "--samples", "2", "--steps", "4",
+         "--vae", str(tmp_path / "vae"), "--variant", "a:mask_self=0,affinity_floor=0,positives=3"]
+    )  # fmt: skip
+    assert "in the latents of" in proc.stdout and "[4, 16, 16]" in proc.stdout
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| a |")]
+    assert len(rows) == 5
+    bad = subprocess.run(
+        [sys.executable, "scripts/bench_mode_seeking.py", "--vae", str(tmp_path)],
+        capture_output=True, text=True, env=OFFLINE, cwd=ROOT,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "argument --vae" in bad.stderr
