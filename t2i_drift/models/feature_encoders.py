@@ -239,6 +239,11 @@ def mae_folder(path: str | os.PathLike) -> Path:
     )
 
 
+def key_matches(key: str, patterns: Sequence[str]) -> bool:
+    """Whether feature key ``key`` matches one of the shell-style ``patterns`` (``fnmatch``)."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+
+
 class MultiFeatureEncoder(FrozenEncoder):
     """Several encoders in one loss; keys are kept apart (each its own normalization).
 
@@ -255,7 +260,7 @@ class MultiFeatureEncoder(FrozenEncoder):
 
     def dropped(self, key: str) -> bool:
         """Whether ``key`` matches one of ``drop_keys``."""
-        return any(fnmatch.fnmatchcase(key, pattern) for pattern in self.drop_keys)
+        return key_matches(key, self.drop_keys)
 
     def all_keys(self, images: torch.Tensor) -> list[str]:
         """Every key the encoders produce for ``images`` [N, C, H, W], dropped ones included."""

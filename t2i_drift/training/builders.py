@@ -3,7 +3,6 @@ conditioner, feature encoders, optimizer."""
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from t2i_drift.models.feature_encoders import (
     MAEFeatures,
     MultiFeatureEncoder,
     RawFeatures,
+    key_matches,
 )
 from t2i_drift.models.hub_features import HubVisionFeatures
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
@@ -213,7 +213,7 @@ def _check_drop_keys(encoder: MultiFeatureEncoder, resolution: int, vae: Autoenc
         blank = torch.zeros(1, vae.config.latent_channels, side, side, dtype=vae.dtype)
     keys = encoder.all_keys(blank)
     for pattern in encoder.drop_keys:
-        if not any(fnmatch.fnmatchcase(key, pattern) for key in keys):
+        if not any(key_matches(key, [pattern]) for key in keys):
             raise ConfigError(f"features.drop_keys: {pattern!r} matches no feature key; the keys are {keys}")
     if all(encoder.dropped(key) for key in keys):
         raise ConfigError(f"features.drop_keys: {list(encoder.drop_keys)} drop every feature key")
