@@ -6,8 +6,9 @@
 
 Encodes each split's real images (posterior mode, the training scaling), decodes them and prints
 JSON per split: PSNR and, for ``shapes``, the analytic checker's accuracy on the reconstructions
-(count, colour, shape, position, size, all attributes) on the ``train`` and ``heldout`` scenes:
-no generator trained in this latent can draw more than its decoder can. ``--vae`` takes any
+(count, colour, shape, position, size, all attributes) on the ``train`` and ``heldout`` scenes,
+for ``openmoji`` (with ``--fd``) the FD-EffNetLite0 of the reconstructions against the real images
+of each split: no generator trained in this latent can draw more than its decoder can. ``--vae`` takes any
 diffusers AutoencoderKL (folder or Hub id, ``--subfolder vae`` inside a pipeline).
 """
 
@@ -18,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from t2i_drift.eval.frechet import EffNetLite0Embedder
 from t2i_drift.eval.reconstruction import RECONSTRUCTION_DATA, reconstruction_report
 from t2i_drift.models.vae import load_vae, vae_scale_factor
 
@@ -31,8 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", choices=RECONSTRUCTION_DATA, default="shapes")
     parser.add_argument("--resolution", type=int, default=32)
     parser.add_argument("--max-images", type=int, default=None, help="per split (default: all)")
+    parser.add_argument(
+        "--fd",
+        action="store_true",
+        help="openmoji: also FD-EffNetLite0 of the reconstructions against the real images of each split",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON report here")
     args = parser.parse_args(argv)
+    if args.fd and args.data != "openmoji":
+        parser.error("argument --fd: only with --data openmoji (shapes is scored by its checker)")
     if args.max_images is not None and args.max_images < 2:
         parser.error(f"argument --max-images: must be >= 2, got {args.max_images}")
     try:
@@ -48,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         "vae": args.vae,
         "data": args.data,
         "resolution": args.resolution,
-        "splits": reconstruction_report(vae, args.data, args.resolution, args.max_images),
+        "splits": reconstruction_report(
+            vae, args.data, args.resolution, args.max_images, EffNetLite0Embedder() if args.fd else None
+        ),
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -196,6 +196,21 @@ def test_psnr_and_the_shapes_ceiling_score_the_reconstructions(monkeypatch):
     assert mirrored["train"]["position"] < 1.0 and mirrored["train"]["colour"] == 1.0
 
 
+def test_openmoji_ceiling_reports_the_fd_of_the_reconstructions(monkeypatch):
+    from t2i_drift.eval.frechet import EffNetLite0Embedder
+
+    embedder = EffNetLite0Embedder()
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda vae, images: images)  # a perfect VAE
+    perfect = reconstruction_report(None, "openmoji", 32, max_images=6, embedder=embedder)
+    assert set(perfect) == {"train", "validation"} and perfect["validation"]["images"] == 6
+    assert abs(perfect["train"]["fd_effnet"]) < 1e-3 and abs(perfect["validation"]["fd_effnet"]) < 1e-3
+    # a decoder that outputs flat grey is far from the real emoji
+    monkeypatch.setattr(reconstruction, "reconstruct", lambda vae, images: torch.zeros_like(images))
+    grey = reconstruction_report(None, "openmoji", 32, max_images=6, embedder=embedder)
+    assert grey["validation"]["fd_effnet"] > 10 and grey["train"]["psnr_db"] < perfect["train"]["psnr_db"]
+    assert "fd_effnet" not in reconstruction_report(None, "openmoji", 32, max_images=6)["train"]
+
+
 def test_evaluate_vae_script(vae_run, tmp_path, capsys):
     _, folder = vae_run
     module = load_script("evaluate_vae")
@@ -209,3 +224,6 @@ def test_evaluate_vae_script(vae_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--vae", str(folder), "--resolution", "15"])
     assert exit_info.value.code == 2 and "--resolution" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--vae", str(folder), "--data", "shapes", "--fd"])
+    assert exit_info.value.code == 2 and "--fd" in capsys.readouterr().err
