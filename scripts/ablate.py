@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = read_json(folder / "run_summary.json") or {}
         if summary.get("steps") not in (None, args.max_steps):
             print(f"{tag} WARNING: that run trained {summary.get('steps')} steps, not {args.max_steps}")
-        walls[variant].append(float(summary.get("train_wall_s", float("nan"))))
+        wall = summary.get("train_wall_s_total")  # every session of a resumed run
+        walls[variant].append(float(wall if wall is not None else summary.get("train_wall_s", float("nan"))))
         path = folder / f"eval_{plan.data}.json"
         saved = read_json(path)
         if (

@@ -61,6 +61,32 @@ def synthetic_evals(data: str) -> dict:
     return {name: {"reference": reference, "settings": settings, "runs": r} for name, r in runs.items()}
 
 
+@pytest.mark.parametrize(
+    ("summary", "shown"),
+    [
+        ({"steps": 1000, "steps_this_run": 1000, "train_wall_s": 60.0, "train_wall_s_total": 60.0}, "60 s"),
+        # resumed twice: every session counts
+        (
+            {"steps": 3000, "steps_this_run": 1000, "train_wall_s": 600.0, "train_wall_s_total": 1800.0},
+            "30.0 min",
+        ),
+        # resumed from a checkpoint without the record: only the last session is known, and marked
+        (
+            {"steps": 3000, "steps_this_run": 1000, "train_wall_s": 600.0},
+            "10.0 min (last 1000 steps: resumed)",
+        ),
+        (
+            {"steps": 3000, "steps_this_run": 0, "train_wall_s": 0.1, "train_wall_s_total": None},
+            "0 s (last 0 steps: resumed)",
+        ),
+    ],
+)
+def test_train_wall_column_counts_every_session_of_a_resumed_run(summary, shown):
+    evals = synthetic_evals("openmoji")
+    header, rows = table_rows("openmoji", evals, {o: summary for o in evals})
+    assert rows[0][header.index("train wall time")] == shown
+
+
 def _coloured(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     """(y, x) of the pixels of exactly ``colour``."""
     return np.argwhere((image == np.array(colour)).all(axis=-1))

@@ -198,6 +198,38 @@ def test_resume_continues_exactly(run_dir, one_step_dir, tmp_path):
     assert _differences(run_dir / "checkpoints" / "checkpoint-2", resumed) == []
 
 
+@pytest.mark.parametrize("recorded", [1000.0, None])
+def test_resumed_run_reports_its_training_time_over_all_sessions(one_step_dir, tmp_path, recorded):
+    """The run summary, the last checkpoint and the card count the earlier sessions' time (what
+    checkpoint-1 recorded) plus this session's; a checkpoint without the record gives no total."""
+    out = tmp_path / "resumed"
+    shutil.copytree(one_step_dir, out)
+    state_file = out / "checkpoints" / "checkpoint-1" / "trainer_state.json"
+    meta = json.loads(state_file.read_text())
+    assert meta["train_wall_s"] > 0  # the first session recorded its own time
+    if recorded is None:
+        del meta["train_wall_s"]  # as written before the record existed
+    else:
+        meta["train_wall_s"] = recorded
+    state_file.write_text(json.dumps(meta))
+    train_t2i(
+        load_config(
+            RECIPE, [f"train.output_dir={out}", "train.max_steps=2", "train.resume_from_checkpoint=latest"]
+        )
+    )
+    summary = json.loads((out / "run_summary.json").read_text())
+    last = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    card = (out / "pipeline" / "README.md").read_text().splitlines()
+    training_line = next(line for line in card if line.startswith("- training: "))
+    if recorded is None:
+        assert summary["train_wall_s_total"] is None and last["train_wall_s"] is None
+        assert training_line == "- training: 2 steps on CPU"
+    else:
+        assert summary["train_wall_s_total"] == pytest.approx(recorded + summary["train_wall_s"])
+        assert recorded < last["train_wall_s"] <= summary["train_wall_s_total"]
+        assert training_line == f"- training: 2 steps on CPU, {summary['train_wall_s_total'] / 60:.0f} min"
+
+
 class _Ignore:
     def load_state_dict(self, *args, **kwargs) -> None:
         pass

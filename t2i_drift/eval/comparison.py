@@ -127,6 +127,15 @@ def _wall(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def _train_wall(summary: Mapping[str, Any]) -> str:
+    """The run's training wall time over all its sessions; a run resumed from a checkpoint that
+    predates that record shows its last session's time, marked."""
+    total = summary.get("train_wall_s_total")
+    if total is not None or summary.get("steps_this_run", summary.get("steps")) == summary.get("steps"):
+        return _wall(total if total is not None else summary.get("train_wall_s"))
+    return f"{_wall(summary.get('train_wall_s'))} (last {summary['steps_this_run']} steps: resumed)"
+
+
 def _within(result: Mapping[str, Any]) -> Mapping[str, Any]:
     return (result.get("diversity") or {}).get("within_prompt") or {}
 
@@ -181,12 +190,7 @@ def table_rows(
                     str(r["nfe"]),
                     str(r["transformer_passes_per_image"]),
                     str(summary.get("steps", "-")),
-                    _wall(summary.get("train_wall_s"))
-                    + (
-                        f" (last {summary['steps_this_run']} steps: resumed)"
-                        if summary.get("steps_this_run", summary.get("steps")) != summary.get("steps")
-                        else ""
-                    ),
+                    _train_wall(summary),
                     *quality,
                     _num(within.get("pixel_rms"), 4),
                     _num(within.get("effnet_l2"), 2),
@@ -307,9 +311,10 @@ def write_report(
         f"Each objective trained from `{recipe}` for {max_steps} steps with the same seed and overrides "
         "(`objective.name` is the only difference). Drifting and regression sample in one transformer "
         "pass; flow matching is evaluated at each NFE (sampling steps; `passes / image` doubles when "
-        "classifier-free guidance is above 1). Train wall time is `train_wall_s` of each run's "
-        f"`run_summary.json`. Guidance scale {settings['guidance_scale']}, {settings['seeds']} images "
-        f"per caption, noise seed {settings['seed']}, batch {settings['batch_size']}.",
+        "classifier-free guidance is above 1). Train wall time is `train_wall_s_total` of each run's "
+        "`run_summary.json` (every session of a resumed run). "
+        f"Guidance scale {settings['guidance_scale']}, {settings['seeds']} images per caption, "
+        f"noise seed {settings['seed']}, batch {settings['batch_size']}.",
         "",
         markdown_table(header, rows),
         "",

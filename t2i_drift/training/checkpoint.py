@@ -55,6 +55,9 @@ class TrainerState:
     epoch: int
     batches_in_epoch: int
     run_id: str = ""
+    # Training wall time of steps 1..step over every session of the run, so that a resumed run
+    # reports what it cost in total; None for a checkpoint written before this was recorded.
+    train_wall_s: float | None = 0.0
 
 
 def _unflatten_legacy_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +119,7 @@ def save_checkpoint(
                 "epoch": state.epoch,
                 "batches_in_epoch": state.batches_in_epoch,
                 "run_id": state.run_id,
+                "train_wall_s": state.train_wall_s,
                 "optimizer": opt_meta,
                 "ema": ema_state,
                 "scheduler": sched,
@@ -220,6 +224,7 @@ def load_checkpoint(
         epoch=meta["epoch"],
         batches_in_epoch=meta["batches_in_epoch"],
         run_id=meta.get("run_id", ""),
+        train_wall_s=meta.get("train_wall_s"),
     )
 
 

@@ -78,6 +78,8 @@ class Run:
     window: dict[str, torch.Tensor] = field(default_factory=dict)  # stat sums since the last log line
     window_steps: int = 0
     steps_this_run: int = 0
+    session_start: float = 0.0  # time.perf_counter() when this session's first step began
+    wall_before: float | None = 0.0  # training seconds of the steps before this session (None: unknown)
 
 
 def train(cfg: Any, objective: Objective) -> Path:
@@ -91,6 +93,7 @@ def train(cfg: Any, objective: Objective) -> Path:
         disable=not run.accelerator.is_main_process,
     )
     t_start = time.perf_counter()
+    run.session_start, run.wall_before = t_start, run.state.train_wall_s
     try:
         _run_epochs(run, progress, t_start)
     finally:
@@ -344,10 +347,17 @@ def _maybe_log(run: Run, lr: float, progress: tqdm, t_start: float) -> None:
         run.accelerator.log(objective.tracker_stats(line), step=step)
 
 
+def total_wall(run: Run, session_wall: float) -> float | None:
+    """Training wall time of the run so far: the earlier sessions' (from the checkpoint resumed)
+    plus ``session_wall`` seconds of this one; None when the checkpoint did not record it."""
+    return None if run.wall_before is None else run.wall_before + session_wall
+
+
 def _maybe_checkpoint(run: Run) -> None:
     step = run.state.step
     if step % run.cfg.train.checkpointing_steps and step != run.objective.total_steps:
         return
+    run.state.train_wall_s = total_wall(run, time.perf_counter() - run.session_start)
     path = save_and_prune(
         run.accelerator,
         run.out_dir / "checkpoints",
@@ -464,13 +474,15 @@ def _finish(run: Run, wall: float) -> None:
     if accelerator.is_main_process:
         run_info: dict[str, Any] = {"device": _device_name(accelerator.device)}
         run_info["num_processes"] = accelerator.num_processes
-        if run.steps_this_run == run.state.step:  # a resumed run knows only its last session's time
-            run_info["train_wall_s"] = round(wall, 1)
+        total = total_wall(run, wall)
+        if total is not None:
+            run_info["train_wall_s"] = round(total, 1)
         exported = run.objective.export(averaged, run.out_dir, run.state.step, run_info)
         summary = {
             "steps": run.state.step,
             "steps_this_run": run.steps_this_run,
             "train_wall_s": wall,
+            "train_wall_s_total": total,
             "samples_per_s": run.steps_this_run * _samples_per_step(run) / max(wall, 1e-9),
             "peak_memory_mb": peak_memory_mb(),
             "mixed_precision": accelerator.mixed_precision,
