@@ -7,8 +7,9 @@ Layout of ``<output_dir>/checkpoints/checkpoint-<step>/``:
                                e.g. ``mae``)
     ema.safetensors            EMA shadow parameters (same order as model.parameters())
     optimizer.safetensors      the optimizer's tensors, keyed ``<parameter name>:<state name>``
-    trainer_state.json         step, epoch, optimizer param_groups (parameters by name) and
-                               scalar state, EMA and scheduler scalars, saved config
+    trainer_state.json         step, epoch, training wall time so far, optimizer param_groups
+                               (parameters by name) and scalar state, EMA and scheduler scalars,
+                               saved config
     rng_state_<rank>.safetensors  torch CPU (and CUDA) generator states of each process
 
 Writes are atomic: every process writes into ``.tmp-checkpoint-<step>/`` and the main process

@@ -347,7 +347,7 @@ def _maybe_log(run: Run, lr: float, progress: tqdm, t_start: float) -> None:
         run.accelerator.log(objective.tracker_stats(line), step=step)
 
 
-def total_wall(run: Run, session_wall: float) -> float | None:
+def _total_wall(run: Run, session_wall: float) -> float | None:
     """Training wall time of the run so far: the earlier sessions' (from the checkpoint resumed)
     plus ``session_wall`` seconds of this one; None when the checkpoint did not record it."""
     return None if run.wall_before is None else run.wall_before + session_wall
@@ -357,7 +357,7 @@ def _maybe_checkpoint(run: Run) -> None:
     step = run.state.step
     if step % run.cfg.train.checkpointing_steps and step != run.objective.total_steps:
         return
-    run.state.train_wall_s = total_wall(run, time.perf_counter() - run.session_start)
+    run.state.train_wall_s = _total_wall(run, time.perf_counter() - run.session_start)
     path = save_and_prune(
         run.accelerator,
         run.out_dir / "checkpoints",
@@ -474,7 +474,7 @@ def _finish(run: Run, wall: float) -> None:
     if accelerator.is_main_process:
         run_info: dict[str, Any] = {"device": _device_name(accelerator.device)}
         run_info["num_processes"] = accelerator.num_processes
-        total = total_wall(run, wall)
+        total = _total_wall(run, wall)
         if total is not None:
             run_info["train_wall_s"] = round(total, 1)
         exported = run.objective.export(averaged, run.out_dir, run.state.step, run_info)
