@@ -130,10 +130,12 @@ def _wall(seconds: float | None) -> str:
 def _train_wall(summary: Mapping[str, Any]) -> str:
     """The run's training wall time over all its sessions; a run resumed from a checkpoint that
     predates that record shows its last session's time, marked."""
-    total = summary.get("train_wall_s_total")
-    if total is not None or summary.get("steps_this_run", summary.get("steps")) == summary.get("steps"):
-        return _wall(total if total is not None else summary.get("train_wall_s"))
-    return f"{_wall(summary.get('train_wall_s'))} (last {summary['steps_this_run']} steps: resumed)"
+    if summary.get("train_wall_s_total") is not None:
+        return _wall(summary["train_wall_s_total"])
+    wall = _wall(summary.get("train_wall_s"))
+    if summary.get("steps_this_run", summary.get("steps")) == summary.get("steps"):
+        return wall
+    return f"{wall} (last {summary['steps_this_run']} steps: resumed)"
 
 
 def _within(result: Mapping[str, Any]) -> Mapping[str, Any]:
