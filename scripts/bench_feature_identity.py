@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--losses", nargs="+", default=["drift", "feat-mse"], choices=["drift", "feat-mse"])
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--require-pass", action="store_true", help="exit 1 when a drift row fails")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     args = parser.parse_args(argv)
     if args.overrides and args.config is None:
         parser.error(f"overrides {args.overrides} need --config")
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.samples < 2 or args.images < 2:
         parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
     spaces, options = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(
         f"{'space':<22} {'loss':<9} "
         + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
@@ -130,7 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, encoder, real in spaces:
         for loss in args.losses:
             result = identity_probe(
-                encoder, real, loss, args.steps, args.samples, args.lr, args.seed, options=options
+                encoder.to(device),
+                real.to(device),
+                loss,
+                args.steps,
+                args.samples,
+                args.lr,
+                args.seed,
+                options=options,
             )
             verdict = "PASS" if result.passed else "FAIL"
             failed |= loss == "drift" and not result.passed

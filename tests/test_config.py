@@ -23,6 +23,13 @@ def test_defaults_and_overrides_are_typed():
     assert cfg.train.resume_from_checkpoint is None
 
 
+def test_a_bare_no_means_no_mixed_precision():
+    """YAML reads `no` as false; Accelerate's own configs write `mixed_precision: no`."""
+    assert apply_overrides(Config(), ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        apply_overrides(Config(), ["train.mixed_precision=yes"])  # true is not a precision
+
+
 def test_int_promotes_to_float_but_not_back():
     cfg = apply_overrides(Config(), ["optim.learning_rate=1"])
     assert isinstance(cfg.optim.learning_rate, float)

@@ -1,6 +1,7 @@
 """ResNetMAE (the paper's feature encoder), its trainer, and MAEFeatures (docs/method.md section 4)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -331,6 +332,19 @@ def test_resume_continues_exactly_across_the_finetune_boundary(straight_run, tmp
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
     online = load_file(str(straight_run / "checkpoints" / "checkpoint-4" / "mae" / WEIGHTS))
     assert any(not torch.equal(online[k], final_a[k]) for k in online)  # EMA != online: can fail
+
+
+def test_bf16_mixed_precision_trains_through_the_finetune(tmp_path):
+    """Accelerate's autocast wrapper rebuilds the model's output from a dict of its fields."""
+    cfg = load_mae_config(
+        None,
+        tiny_overrides(tmp_path, "train.max_steps=1", "finetune.steps=1", "train.mixed_precision=bf16"),
+    )
+    enc = MAEFeatures(train_mae(cfg))
+    assert enc.model.config.num_classes == 18
+    lines = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["phase"] for x in lines] == ["pretrain", "finetune"]
+    assert all(math.isfinite(x["loss"]) for x in lines)
 
 
 def test_latent_space_mae_trains_on_vae_latents(tmp_path):

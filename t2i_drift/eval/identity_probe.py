@@ -60,11 +60,13 @@ def _loss(
     extra_feats: dict[str, torch.Tensor] | None,
     options: DriftOptions,
 ) -> torch.Tensor:
-    N = next(iter(real_feats.values())).shape[0]
+    first = next(iter(real_feats.values()))
+    N = first.shape[0]
     if kind == "drift":
-        ids = torch.arange(N)  # every image its own caption
+        ids = torch.arange(N, device=first.device)  # every image its own caption
+        weights = torch.ones(N, device=first.device)
         loss, _ = text_to_image_drift_loss(
-            feats, real_feats, samples, torch.ones(N), ids, options, extra_positives=extra_feats
+            feats, real_feats, samples, weights, ids, options, extra_positives=extra_feats
         )
         return loss
     return sum(
@@ -87,6 +89,7 @@ def identity_probe(
 ) -> ProbeResult:
     """Optimize ``samples`` free tensors per image of ``real`` [N, C, H, W] under ``loss`` in the
     feature space of ``encoder`` (key -> [N, L, D]); the samples start near 0 (N(0, 0.01^2)).
+    Runs on ``real``'s device (the encoder must be there too); the start does not depend on it.
 
     ``extra_positives`` [N, P-1, C, H, W]: more positives per image for the drift (other images of
     its caption); "own" stays the distance to ``real``. ``options``: the drift's field options
@@ -97,7 +100,7 @@ def identity_probe(
         raise ValueError(f"need steps >= 1 and samples >= 2, got steps={steps}, samples={samples}")
     N = real.shape[0]
     g = torch.Generator().manual_seed(seed)
-    x = (0.01 * torch.randn(N * samples, *real.shape[1:], generator=g)).requires_grad_(True)
+    x = (0.01 * torch.randn(N * samples, *real.shape[1:], generator=g)).to(real.device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     options = options or DriftOptions()
     with torch.no_grad():

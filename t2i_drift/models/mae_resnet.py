@@ -43,11 +43,15 @@ class MAEOutput(BaseOutput):
         reconstruction: [N, C_in, H, W] the decoder's prediction of the whole input.
         mask: [N, 1, H, W] float, 1 where the input was masked.
         logits: [N, K] class logits of the unmasked input (``classify=True`` only).
+
+    Every field defaults to None, as in diffusers' own outputs: Accelerate's mixed-precision
+    wrapper rebuilds an output from a dict of its fields (``type(out)({...})``), which BaseOutput
+    accepts only then.
     """
 
-    loss: torch.Tensor
-    reconstruction: torch.Tensor
-    mask: torch.Tensor
+    loss: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
 

@@ -40,6 +40,8 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
                 continue
         raise ConfigError(f"{where}: {value!r} does not match {annotation}")
     if origin is Literal:
+        if value is False and "no" in args:
+            return "no"  # YAML 1.1 reads a bare `no` (mixed_precision: no, as Accelerate writes it) as false
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
         return value
