@@ -22,6 +22,8 @@ tiny=0
 if [[ ${1:-} == --tiny ]]; then tiny=1; shift; fi
 t2i_overrides=("$@")
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+# Several runs share the machine: each gets a few CPU threads instead of all of them fighting.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} MKL_NUM_THREADS=${MKL_NUM_THREADS:-4}
 mkdir -p "$out"
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*"; }
@@ -33,13 +35,31 @@ if ((tiny)); then
   eval_extra=(--num 4 --diversity-prompts 2 --batch-size 8)
   mp=no
 else
-  widths=(32 64 128); mae_steps=4000; ft_steps=500; mae_batch=256; drift_steps=1000; probe_steps=200
+  widths=(32 64 128); mae_steps=2000; ft_steps=300; mae_batch=256; drift_steps=1000; probe_steps=200
   mae_extra=(train.checkpointing_steps=2000)
   t2i_extra=(train.checkpointing_steps=500)
   eval_extra=()
   mp=bf16
 fi
 widest=${widths[-1]}
+
+# Drifting on shapes, one training seed, with the raw key alone or the widest MAE's keys next to
+# it (the MAE recipe's: all sets at weight 1), scored on held-out pairs; runs in the background.
+drift() {  # drift SPACE SEED
+  local config="$root/recipes/shapes_32px.yaml" extra=()
+  if [[ $1 == mae ]]; then
+    config="$root/recipes/shapes_32px_mae.yaml"
+    extra=(features.mae.path="$out/mae_w$widest/mae")
+  fi
+  python "$here/compare_objectives.py" --config "$config" --data shapes --max_steps "$drift_steps" \
+    --objectives drifting --seeds 2 "${eval_extra[@]}" --out_dir "$out/shapes_$1_seed$2" \
+    --doc "$out/shapes_$1_seed$2" -- train.seed="$2" "${t2i_extra[@]}" "${extra[@]}" \
+    "${t2i_overrides[@]}" >"$out/shapes_$1_seed$2.log" 2>&1 &
+  drift_pids+=($!)
+}
+drift_pids=()
+drift raw 0
+drift raw 1   # the raw-key runs need no MAE: they train while the MAEs do
 
 # 1. MAEs, all at once: the recipe with the official augmentation, more steps and a larger batch.
 pids=()
@@ -68,26 +88,11 @@ for w in "${widths[@]}"; do
 done
 stamp "probes done"
 
-# 3. Drifting with the widest MAE's keys (the recipe's: all sets at weight 1, plus the raw key)
-#    against the raw key alone, seeds 0 and 1, side by side on the GPU.
-pids=()
-for seed in 0 1; do
-  for space in raw mae; do
-    config="$root/recipes/shapes_32px.yaml"
-    extra=()
-    if [[ $space == mae ]]; then
-      config="$root/recipes/shapes_32px_mae.yaml"
-      extra=(features.mae.path="$out/mae_w$widest/mae")
-    fi
-    python "$here/compare_objectives.py" --config "$config" --data shapes --max_steps "$drift_steps" \
-      --objectives drifting --seeds 2 "${eval_extra[@]}" --out_dir "$out/shapes_${space}_seed$seed" \
-      --doc "$out/shapes_${space}_seed$seed" -- train.seed="$seed" "${t2i_extra[@]}" "${extra[@]}" \
-      "${t2i_overrides[@]}" >"$out/shapes_${space}_seed$seed.log" 2>&1 &
-    pids+=($!)
-  done
-done
+# 3. The widest MAE's keys, seeds 0 and 1, beside the raw-key runs started first.
+drift mae 0
+drift mae 1
 failed=0
-for p in "${pids[@]}"; do wait "$p" || failed=1; done
+for p in "${drift_pids[@]}"; do wait "$p" || failed=1; done
 ((failed)) && { echo "a drifting run failed: see $out/shapes_*.log" >&2; exit 1; }
 stamp "drifting runs done"
 for seed in 0 1; do
