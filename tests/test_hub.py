@@ -226,3 +226,24 @@ def test_push_script_dry_run_and_errors(folders, tmp_path):
         timeout=300,
     )
     assert bad.returncode == 2 and "nope" in bad.stderr and "model_index.json" in bad.stderr
+
+
+def test_export_samples_where_the_text_encoder_runs(tmp_path, monkeypatch):
+    """Training hands the export an EMA copy built on the CPU while the text encoder (and VAE)
+    stay on the GPU: the export moves the pipeline to the text encoder's device before it samples
+    the grid (on a GPU the first layer otherwise mixes devices). No GPU here: the move is
+    recorded, in order with the sampling."""
+    from t2i_drift.training import export
+
+    pipe = tiny_pipeline()
+    cfg = Config()
+    cfg.data.resolution, cfg.text.max_length, cfg.eval.samples_per_grid_prompt = 16, 16, 1
+    conditioner = TextConditioner([TextEncoderSlot(pipe.text_encoder, pipe.tokenizer, 16)])
+    calls = []
+    real_to, real_sample = type(pipe).to, export.sample_images
+    monkeypatch.setattr(
+        type(pipe), "to", lambda self, *a, **k: calls.append(("to", *a)) or real_to(self, *a, **k)
+    )
+    monkeypatch.setattr(export, "sample_images", lambda *a: calls.append(("sample",)) or real_sample(*a))
+    export_pipeline(cfg, pipe.transformer, conditioner, tmp_path / "out", steps=1)
+    assert calls == [("to", conditioner.device), ("sample",)]

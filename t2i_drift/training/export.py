@@ -125,6 +125,9 @@ def export_pipeline(
         low.load_state_dict(transformer.state_dict())
         low.to(_VARIANT_DTYPES[variant]).save_pretrained(out_dir / "transformer", variant=variant)
     save_config(cfg, out_dir / "training_config.yaml")
+    # The EMA copy is built on the CPU while the text encoder (and VAE) stay on the training
+    # device: sample on the latter, or a GPU run's export mixes devices in the first layer.
+    pipe.to(conditioner.device)
     rows = sample_images(pipe, cfg, cfg.train.seed)
     labelled_grid(rows, list(cfg.eval.sample_prompts), cell=max(128, cfg.data.resolution)).save(
         out_dir / SAMPLE_GRID_NAME
