@@ -208,3 +208,17 @@ def test_bench_mode_seeking_runs_in_a_vae_latent_space(tmp_path):
         capture_output=True, text=True, env=OFFLINE, cwd=ROOT,
     )  # fmt: skip
     assert bad.returncode == 2 and "argument --vae" in bad.stderr
+
+
+def test_bench_augment_prints_both_rates_and_their_ratio(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_augment", ROOT / "scripts" / "bench_augment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--batch", "4", "--size", "8", "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "per-image torchvision loop:" in out and "BatchAugment (batched):" in out
+    assert float(out.strip().splitlines()[-1].split()[-1]) > 0  # the ratio
+    with pytest.raises(SystemExit):
+        module.main(["--batch", "0"])

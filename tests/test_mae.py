@@ -381,6 +381,30 @@ def test_batch_augment_is_per_image_seeded_and_leaves_the_global_generator_alone
         BatchAugment(8, crop_scale=(0.0, 1.0))
 
 
+def test_batch_augment_views_equal_torchvision_crops_of_their_boxes():
+    """One batched resample gives, per image, torchvision's resized_crop of the drawn box (then the
+    flip); boxes follow RandomResizedCrop's ranges: area fraction in crop_scale, aspect in 3/4..4/3."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from t2i_drift.data.augment import BatchAugment
+
+    images = torch.rand(32, 3, 16, 16)
+    augment = BatchAugment(16, crop_scale=(0.2, 0.6), hflip=True)
+    out = augment(images, torch.Generator().manual_seed(5))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(5)))
+    g = torch.Generator().manual_seed(seed)
+    boxes = augment.boxes(32, 16, 16, g)
+    flips = torch.rand(32, generator=g) < 0.5
+    assert 0 < int(flips.sum()) < 32
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert ((w * h / 256 > 0.12) & (w * h / 256 < 0.7)).all()  # 0.2-0.6 up to rounding of the sides
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 16).all()
+    for k in range(32):
+        x1, y1, x2, y2 = boxes[k].tolist()
+        ref = TF.resized_crop(images[k], y1, x1, y2 - y1, x2 - x1, [16, 16], antialias=True)
+        torch.testing.assert_close(out[k], ref.flip(-1) if flips[k] else ref, rtol=0, atol=1e-5)
+
+
 def test_augmented_mae_training_changes_the_loss_and_resumes_exactly(straight_run, tmp_path):
     """augment.* on: other reconstruction losses than the plain run, and 2 steps straight equal a
     1-step run resumed with train.max_steps=2 (the views follow the run's checkpointed generator;
