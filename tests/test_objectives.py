@@ -50,6 +50,37 @@ def test_each_objective_trains_from_the_same_recipe(runs, name):
     assert type(load_pipeline(runs[name])) is expected
 
 
+def test_feature_regression_loss_is_per_key_normalized_and_weighted():
+    from t2i_drift.training.objectives.regression import feature_regression_loss
+
+    torch.manual_seed(0)
+    real = {"a/loc": torch.randn(4, 9, 3), "b/mean": torch.randn(4, 1, 5)}
+    gen = {k: v + 0.1 * torch.randn_like(v) for k, v in real.items()}
+    ones = {"a/loc": 1.0, "b/mean": 1.0}
+    assert feature_regression_loss(real, real, ones) == 0
+    base = feature_regression_loss(gen, real, ones)
+    # A key measured in 100x larger units weighs the same: each key is divided by its variance.
+    scaled = feature_regression_loss(
+        {**gen, "b/mean": 100 * gen["b/mean"]}, {**real, "b/mean": 100 * real["b/mean"]}, ones
+    )
+    torch.testing.assert_close(scaled, base, rtol=1e-4, atol=0)
+    only_a = feature_regression_loss(gen, real, {"a/loc": 1.0, "b/mean": 0.0})
+    assert 0 < only_a < base
+
+
+def test_regression_in_the_feature_space_trains_and_is_a_regression_only_option(tmp_path, runs):
+    pipeline = _train(tmp_path / "run", "objective.name=regression", "objective.regression_space=features")
+    lines = [
+        json.loads(line) for line in (pipeline.parent / "logs" / "metrics.jsonl").read_text().splitlines()
+    ]
+    plain = runs["regression"].parent / "logs" / "metrics.jsonl"
+    first_plain = json.loads(plain.read_text().splitlines()[0])["loss"]
+    assert lines[0]["loss"] > 0 and lines[0]["loss"] != pytest.approx(first_plain)  # another loss
+    assert type(load_pipeline(pipeline)) is DriftingPipeline
+    with pytest.raises(ConfigError, match="objective.regression_space"):
+        load_config(RECIPE, ["objective.regression_space=features"])  # drifting
+
+
 def test_regression_exports_a_one_step_pipeline_without_guidance(runs):
     pipe = load_pipeline(runs["regression"])
     assert pipe.config.guidance_scale_range == [1.0, 1.0]

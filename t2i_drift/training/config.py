@@ -259,6 +259,13 @@ class ObjectiveConfig:
     also learns the unconditional flow and samples with classifier-free guidance (> 0 enables it)."""
     num_inference_steps: int = 25
     """``flow_matching``: Euler steps of the exported pipeline's sample grid."""
+    regression_space: Literal["output", "features"] = "output"
+    """``regression``: where the squared error is taken. ``output``: the generator's output (pixels
+    or latents; the trivial baseline). ``features``: the drifting feature space of the
+    ``features`` section (by default the raw key's per-location, patch and global sets), each
+    key's mean squared error divided by that key's variance over the real batch and weighted as
+    the drift weights it: drifting's geometry without its field (one sample per prompt, no
+    kernel, no negatives, no guidance), which tells how much of a drifting gain is the space."""
 
 
 @dataclass
@@ -555,6 +562,13 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ),
         ("text.pooled_sources", len(cfg.text.pooled_sources) > 0, "must name at least one encoder"),
     ]
+    checks.append(
+        (
+            "objective.regression_space",
+            cfg.objective.regression_space == "output" or cfg.objective.name == "regression",
+            "applies to objective.name=regression only",
+        )
+    )
     for name in FEATURE_ENCODERS:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))

@@ -3,6 +3,10 @@
     batch -> positives [B, C, H, W] + text -> generator(noise, text, alpha = 1, style)
     -> mean((generated - positive)^2)
 
+or, with ``objective.regression_space: features``, the squared error in the drifting feature
+space (:func:`feature_regression_loss`): the same per-key sets the drift compares, without its
+field.
+
 With one image per caption its optimum is the conditional mean of the images given the caption,
 whatever the noise: the blurry average that a one-step generator has to beat. It uses the drifting
 generator, data, text encoder and steps unchanged, and exports a ``DriftingPipeline`` (one step;
@@ -11,16 +15,45 @@ generator, data, text encoder and steps unchanged, and exports a ``DriftingPipel
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
+
+
+def feature_regression_loss(
+    generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], weights: dict[str, float]
+) -> torch.Tensor:
+    """Sum over feature keys of weight * mean((f(x) - f(y))^2) / var(f(y)).
+
+    Args:
+        generated: key -> [B, L, D] features of the generated samples (with grad).
+        real: key -> [B, L, D] features of their paired images.
+        weights: key -> loss weight.
+    Dividing by each key's variance over the real batch puts every key on one scale, as the
+    drift's per-key normalization does, so no set dominates by its units alone.
+    """
+    total = torch.zeros((), device=next(iter(real.values())).device)
+    for key, target in real.items():
+        scale = target.float().var() + 1e-6
+        total = total + weights[key] * (generated[key].float() - target.float()).pow(2).mean() / scale
+    return total
 
 
 class RegressionObjective(TextToImageObjective):
     """B prompts per step, one generated sample each."""
 
     name = "regression"
+
+    def build_extra(self, accelerator: Any) -> None:
+        self.features: torch.nn.Module | None = None
+        if self.cfg.objective.regression_space == "features":
+            cfg = self.cfg
+            encoder = build_feature_encoder(cfg.features, cfg.data.resolution, self.vae)
+            self.features = speed_up_encoder(encoder.to(accelerator.device), cfg.features)
 
     def loss(
         self, model: torch.nn.Module, batch: dict, step: int
@@ -40,4 +73,11 @@ class RegressionObjective(TextToImageObjective):
                 guidance=torch.ones(B, device=device),
                 style_indices=style,
             ).sample  # [B, C, H, W]
-        return F.mse_loss(generated.float(), real.float()), {}
+        if self.features is None:
+            return F.mse_loss(generated.float(), real.float()), {}
+        with self.accelerator.autocast():
+            gen_features = self.features(generated)  # key -> [B, L, D], with grad
+            with torch.no_grad():
+                real_features = self.features(real)
+        weights = feature_key_weights(self.cfg.features, list(gen_features))
+        return feature_regression_loss(gen_features, real_features, weights), {}
