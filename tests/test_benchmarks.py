@@ -211,11 +211,9 @@ def test_bench_mode_seeking_runs_in_a_vae_latent_space(tmp_path):
 
 
 def test_bench_augment_prints_both_rates_and_their_ratio(capsys):
-    import importlib.util
+    from helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("bench_augment", ROOT / "scripts" / "bench_augment.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("bench_augment")
     assert module.main(["--batch", "4", "--size", "8", "--repeats", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "per-image torchvision loop:" in out and "BatchAugment (batched):" in out

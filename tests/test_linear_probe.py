@@ -1,16 +1,12 @@
 """Linear probes of frozen encoders (t2i_drift/eval/linear_probe.py) and scripts/probe_encoder.py."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_script, tiny_mae
 
 from t2i_drift.eval.linear_probe import accuracy, fit_linear_probe, pooled_maps
-from tests.helpers import tiny_mae
-
-ROOT = Path(__file__).parent.parent
 
 
 def _blobs(n: int, seed: int, informative: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,20 +49,13 @@ def test_pooled_maps_are_the_stage_means_and_their_concatenation():
     assert feats["all"].shape == (5, 8 + 16 + 32 + 64)
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("probe_encoder", ROOT / "scripts" / "probe_encoder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_probe_script_reports_pixels_and_each_encoder(tmp_path, capsys):
     """A saved MAE (as an MAE run's folder) and an untrained one: five feature sets x two targets
     each, after the pixel baseline; colour is linearly readable from pixels of one-object scenes."""
     tiny_mae().save_pretrained(tmp_path / "run" / "mae")
     out = tmp_path / "probe.json"
-    assert _script().main(["--mae", str(tmp_path / "run"), "--random-width", "8", "--renders", "1",
-                           "--json", str(out), "--device", "cpu"]) == 0  # fmt: skip
+    args = ["--mae", str(tmp_path / "run"), "--random-width", "8", "--renders", "1"]
+    assert load_script("probe_encoder").main([*args, "--json", str(out), "--device", "cpu"]) == 0
     rows = json.loads(out.read_text())
     assert [r["encoder"] for r in rows] == ["pixels"] * 2 + [str(tmp_path / "run")] * 10 + [
         "untrained width 8"
@@ -78,5 +67,5 @@ def test_probe_script_reports_pixels_and_each_encoder(tmp_path, capsys):
 
 def test_probe_script_rejects_a_folder_without_an_mae(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _script().main(["--mae", str(tmp_path)])
+        load_script("probe_encoder").main(["--mae", str(tmp_path)])
     assert f"--mae {tmp_path}: no ResNetMAE" in capsys.readouterr().err

@@ -334,7 +334,18 @@ def test_resume_continues_exactly_across_the_finetune_boundary(straight_run, tmp
     assert any(not torch.equal(online[k], final_a[k]) for k in online)  # EMA != online: can fail
 
 
-def test_bf16_mixed_precision_trains_through_the_finetune(tmp_path):
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state whose precision cannot change once set (earlier
+    tests set "no"): start this test from a clean one and leave a clean one behind."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_mixed_precision_trains_through_the_finetune(tmp_path, fresh_accelerator_state):
     """Accelerate's autocast wrapper rebuilds the model's output from a dict of its fields."""
     cfg = load_mae_config(
         None,
