@@ -5,7 +5,9 @@
 # and free-pixel identity probes (scripts/bench_feature_identity.py); then the shapes recipe with
 # the widest MAE's keys next to the raw key against the raw key alone, training seeds 0 and 1,
 # scored on held-out colour-shape pairs (scripts/compare_objectives.py). Runs that do not depend on
-# each other share the GPU (small models leave most of it idle). About 8 minutes on one H200.
+# each other share the GPU (small models leave most of it idle). On one H200 the MAE phase took 6
+# minutes before the augmentation was batched (it was input-bound); the whole study has not yet
+# run end to end there: give it 10 minutes.
 #
 #   scripts/gpu_mae_study.sh runs/gpu_mae            # on a GPU machine
 #   scripts/gpu_mae_study.sh runs/gpu_mae_tiny --tiny  # toy sizes on CPU, to check the plumbing
