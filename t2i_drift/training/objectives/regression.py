@@ -50,6 +50,7 @@ class RegressionObjective(TextToImageObjective):
 
     def build_extra(self, accelerator: Any) -> None:
         self.features: torch.nn.Module | None = None
+        self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
         if self.cfg.objective.regression_space == "features":
             cfg = self.cfg
             encoder = build_feature_encoder(cfg.features, cfg.data.resolution, self.vae)
@@ -79,5 +80,6 @@ class RegressionObjective(TextToImageObjective):
             gen_features = self.features(generated)  # key -> [B, L, D], with grad
             with torch.no_grad():
                 real_features = self.features(real)
-        weights = feature_key_weights(self.cfg.features, list(gen_features))
-        return feature_regression_loss(gen_features, real_features, weights), {}
+        if self.key_weights is None:
+            self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
+        return feature_regression_loss(gen_features, real_features, self.key_weights), {}
