@@ -60,6 +60,7 @@ def test_bad_overrides_name_the_key(override, key):
         ("drift.temperatures=[0.05, 0]", "drift.temperatures"),
         ("drift.memory_budget_mb=-5", "drift.memory_budget_mb"),
         ("drift.alpha_max=0.5", "drift.alpha_max"),
+        ("drift.sibling_negatives=false", "drift.sibling_negatives"),  # guidance still on
         ("train.batch_size=0", "train.batch_size"),
         # Checked when the run starts, not at export or deep in torch:
         ("eval.guidance_scale=10", "eval.guidance_scale"),

@@ -232,3 +232,66 @@ def test_unmasked_field_seeks_the_nearest_mode_only_without_the_affinity_floor()
         V = drifting_field(gen, pos, mask_self=False, affinity_floor=floor)
         cos = torch.nn.functional.cosine_similarity(V, to_mode, dim=-1)  # [1, 2]
         assert (cos * expected_sign > 0.5).all(), (floor, cos)
+
+
+def test_one_positive_with_the_floor_drifts_along_the_log_mse_gradient_of_each_key():
+    """The text-to-image regime (one positive, samples among their own negatives, the floor, no
+    guidance): each key's drift gradient points along the gradient of log(mean squared error to
+    the paired features), with one common factor for all keys although their units differ 100x.
+    Plain squared error weighs the keys by their units instead (docs/method.md section 7)."""
+    from t2i_drift.drifting import text_to_image_drift_loss
+
+    g = torch.Generator().manual_seed(0)
+    B, G = 16, 2
+    shapes = {"a": (16, 4, 1.0), "b": (4, 8, 10.0), "c": (1, 32, 0.1)}  # L, D, units
+    real, gen = {}, {}
+    for key, (L, D, unit) in shapes.items():
+        real[key] = torch.randn(B, L, D, generator=g) * unit
+        start = 0.5 * real[key] + 0.5 * unit * torch.randn(B, L, D, generator=g)  # halfway
+        siblings = 0.015 * unit * torch.randn(B * G, L, D, generator=g)  # G near-identical samples
+        gen[key] = (start.repeat_interleave(G, 0) + siblings).requires_grad_()
+    keys = list(shapes)
+    loss, _ = text_to_image_drift_loss(
+        gen, real, G, torch.ones(B), torch.arange(B), DriftOptions(mask_self=False)
+    )
+    drift = torch.autograd.grad(loss, [gen[k] for k in keys])
+    paired = {k: real[k].repeat_interleave(G, 0) for k in keys}
+    errors = [(gen[k] - paired[k]).pow(2).mean() for k in keys]
+    log_mse = torch.autograd.grad(sum(e.log() for e in errors), [gen[k] for k in keys], retain_graph=True)
+    mse = torch.autograd.grad(sum(errors), [gen[k] for k in keys])
+    ratios = []
+    for d, lg in zip(drift, log_mse, strict=True):
+        assert torch.nn.functional.cosine_similarity(d.flatten(), lg.flatten(), dim=0) > 0.9
+        ratios.append((d.norm() / lg.norm()).item())
+    assert max(ratios) / min(ratios) < 1.25  # one factor for every key
+    plain = [m.norm().item() for m in mse]
+    assert max(plain) / min(plain) > 100  # what the units alone do to plain squared error
+
+
+def test_one_sample_per_group_is_pulled_to_its_positive_alone():
+    """samples_per_prompt=1 (training's drift.sibling_negatives=false: each of a prompt's samples
+    is its own group): every location's field points exactly at the paired image. Grouped in
+    twos, the sibling bends it, if only slightly: kept among its own negatives, a sample's zero
+    distance to itself dominates S-, so a sibling's repulsion is weighted by its small affinity.
+    Self-masked, a lone sample would have no negatives at all."""
+    from t2i_drift.drifting import text_to_image_drift_loss
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(4, 3, 8, generator=g, dtype=torch.float64)  # 4 prompts, 3 locations
+    gen = real.repeat_interleave(2, 0) + 0.1 * torch.randn(8, 3, 8, generator=g, dtype=torch.float64)
+
+    def grad_of_first(G: int) -> torch.Tensor:
+        rows = gen.clone().requires_grad_()
+        pos, ids = real.repeat_interleave(2 // G, 0), torch.arange(4).repeat_interleave(2 // G)
+        loss, _ = text_to_image_drift_loss(
+            {"k": rows}, {"k": pos}, G, torch.ones(8 // G), ids, DriftOptions(mask_self=False)
+        )
+        return torch.autograd.grad(loss, rows)[0][0]  # [3 locations, 8]
+
+    toward = real[0] - gen[0]
+    alone = 1 - torch.nn.functional.cosine_similarity(-grad_of_first(1), toward, dim=1)
+    paired = 1 - torch.nn.functional.cosine_similarity(-grad_of_first(2), toward, dim=1)
+    assert (alone < 1e-10).all()
+    assert (paired > 1e-8).all() and (paired < 1e-4).all()
+    with pytest.raises(ValueError, match="mask_self=False"):
+        text_to_image_drift_loss({"k": gen}, {"k": gen}, 1, torch.ones(8), torch.arange(8), DriftOptions())

@@ -4,6 +4,7 @@ from the same recipe and exports a pipeline that loads both ways and samples as 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,34 @@ def test_feature_regression_loss_is_per_key_normalized_and_weighted():
     assert 0 < only_a < base
 
 
+def test_log_mse_regression_gives_every_key_the_same_pull_whatever_its_units():
+    """log_mse: a key's gradient is its plain gradient divided by its current error, so scaling a
+    key's units changes neither its gradient's direction nor its share of the total."""
+    from t2i_drift.training.objectives.regression import feature_regression_loss, squared_error
+
+    torch.manual_seed(0)
+    real = {"a/loc": torch.randn(4, 9, 3), "b/mean": torch.randn(4, 1, 5)}
+    ones = {"a/loc": 1.0, "b/mean": 1.0}
+
+    def grads(scale_b: float) -> list[torch.Tensor]:
+        gen = {k: (v + 0.1 * torch.randn_like(v)).requires_grad_() for k, v in real.items()}
+        scaled = {**gen, "b/mean": scale_b * gen["b/mean"]}
+        target = {**real, "b/mean": scale_b * real["b/mean"]}
+        loss = feature_regression_loss(scaled, target, ones, log=True)
+        return torch.autograd.grad(loss, [gen["a/loc"], gen["b/mean"]])
+
+    torch.manual_seed(1)
+    unit = grads(1.0)
+    torch.manual_seed(1)
+    big = grads(100.0)
+    for g1, g100 in zip(unit, big, strict=True):
+        torch.testing.assert_close(g100, g1, rtol=1e-4, atol=1e-6)
+    gen = (real["a/loc"] + 0.1 * torch.randn_like(real["a/loc"])).requires_grad_()
+    (g_log,) = torch.autograd.grad(squared_error(gen, real["a/loc"], log=True), gen)
+    (g_mse,) = torch.autograd.grad(squared_error(gen, real["a/loc"], log=False), gen)
+    torch.testing.assert_close(g_log, g_mse / squared_error(gen, real["a/loc"], log=False).detach())
+
+
 def test_regression_in_the_feature_space_trains_and_is_a_regression_only_option(tmp_path, runs):
     pipeline = _train(tmp_path / "run", "objective.name=regression", "objective.regression_space=features")
     lines = [
@@ -79,6 +108,18 @@ def test_regression_in_the_feature_space_trains_and_is_a_regression_only_option(
     assert type(load_pipeline(pipeline)) is DriftingPipeline
     with pytest.raises(ConfigError, match="objective.regression_space"):
         load_config(RECIPE, ["objective.regression_space=features"])  # drifting
+    with pytest.raises(ConfigError, match="objective.regression_loss"):
+        load_config(RECIPE, ["objective.regression_loss=log_mse"])  # drifting
+
+
+def test_log_mse_regression_trains_on_the_log_of_the_plain_error(tmp_path, runs):
+    """Same seed, same first batch: the first logged loss is the log of plain regression's."""
+    pipeline = _train(tmp_path / "run", "objective.name=regression", "objective.regression_loss=log_mse")
+    first = json.loads((pipeline.parent / "logs" / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    plain = runs["regression"].parent / "logs" / "metrics.jsonl"
+    first_plain = json.loads(plain.read_text().splitlines()[0])["loss"]
+    assert first == pytest.approx(math.log(first_plain), rel=1e-4)
+    assert "regression_loss: log_mse" in (pipeline.parent / "config.yaml").read_text()
 
 
 def test_regression_exports_a_one_step_pipeline_without_guidance(runs):

@@ -160,3 +160,33 @@ def test_training_with_extra_positives_feeds_them_to_the_drift(tmp_path, mode, m
     assert len(positives) == 2 and all(set(p.values()) == {3} for p in positives)
     assert masks == [mode == "caption"] * 2  # drift.mask_self reaches the field options
     assert (tmp_path / "pipeline" / "model_index.json").is_file()
+
+
+def test_without_sibling_negatives_each_sample_reaches_the_drift_as_its_own_prompt(tmp_path, monkeypatch):
+    """drift.sibling_negatives=false: the drift sees B*G one-sample prompts, each with its
+    prompt's paired image, extra positives and caption id, all at alpha = 1."""
+    import t2i_drift.training.objectives.drifting as drifting_objective
+
+    calls = []
+    original_loss = drifting_objective.text_to_image_drift_loss
+
+    def loss(gen, real, G, alpha, ids, options, extra_positives=None, **kwargs):
+        key = next(iter(gen))
+        calls.append((G, gen[key].shape[0], real[key].shape[0], extra_positives[key].shape[:2], ids, alpha))
+        return original_loss(gen, real, G, alpha, ids, options, extra_positives=extra_positives, **kwargs)
+
+    monkeypatch.setattr(drifting_objective, "text_to_image_drift_loss", loss)
+    overrides = [
+        f"train.output_dir={tmp_path}",
+        "drift.positives_per_prompt=2",
+        "drift.positives_from=augment",
+    ]
+    overrides += ["drift.sibling_negatives=false", "drift.mask_self=false", "drift.alpha_max=1"]
+    cfg = load_config(RECIPE, overrides)
+    train_t2i(cfg)
+    G, B = cfg.drift.samples_per_prompt, cfg.train.batch_size
+    assert len(calls) == cfg.train.max_steps
+    for groups, n_gen, n_real, extra, ids, alpha in calls:
+        assert (groups, n_gen, n_real, tuple(extra)) == (1, B * G, B * G, (B * G, 1))
+        assert torch.equal(ids.view(B, G), ids.view(B, G)[:, :1].expand(B, G))  # a prompt's copies
+        assert torch.all(alpha == 1)

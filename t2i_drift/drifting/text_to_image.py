@@ -85,7 +85,8 @@ def text_to_image_drift_loss(
     Args:
         gen_features: key -> [B*G, L, D] generated features (with grad), prompt-major.
         real_features: key -> [B, L, D] features of the paired real images (no grad needed).
-        samples_per_prompt: G (>= 2).
+        samples_per_prompt: G (>= 2; 1 with ``options.mask_self`` False: each sample is then its
+            only negative, besides the unconditional ones).
         alpha: [B] guidance scale per prompt.
         caption_ids: [B] integer id per caption; equal ids mark identical captions.
         options: temperatures, pooling over processes, memory budget, ...; ``normalize`` is
@@ -99,8 +100,11 @@ def text_to_image_drift_loss(
         loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>`` (0-d tensors; no device sync),
         as :func:`~t2i_drift.drifting.loss.drifting_loss` returns them.
     """
-    if samples_per_prompt < 2:
-        raise ValueError(f"samples_per_prompt must be >= 2 (drift needs negatives), got {samples_per_prompt}")
+    if samples_per_prompt < 2 and (samples_per_prompt < 1 or options.mask_self):
+        raise ValueError(
+            f"samples_per_prompt must be >= 2 (drift needs negatives; 1 only with mask_self=False, where "
+            f"a sample is its own negative), got {samples_per_prompt}"
+        )
     if set(gen_features) != set(real_features):
         raise ValueError(
             f"generated and real feature keys differ: {sorted(set(gen_features) ^ set(real_features))}"

@@ -266,6 +266,12 @@ class ObjectiveConfig:
     key's mean squared error divided by that key's variance over the real batch and weighted as
     the drift weights it: drifting's geometry without its field (one sample per prompt, no
     kernel, no negatives, no guidance), which tells how much of a drifting gain is the space."""
+    regression_loss: Literal["mse", "log_mse"] = "mse"
+    """``regression``: ``mse`` is the squared error. ``log_mse`` takes the log of each key's mean
+    squared error over the batch (the output space is one key), so a key's gradient is its
+    residual divided by its current mean squared error: every key keeps an equal say as its error
+    shrinks, whatever its units. With one positive per prompt and the affinity floor the
+    normalized drifting field is close to this gradient (docs/method.md section 7)."""
 
 
 @dataclass
@@ -296,6 +302,11 @@ class DriftConfig:
     samples are then pulled to the mean of the positives instead of the nearest one
     (docs/method.md section 7). Set 0 when a prompt has several positives; keep it with one
     positive, where a prompt's near-identical samples would otherwise outweigh that positive."""
+    sibling_negatives: bool = True
+    """Use a prompt's G samples as negatives of one another (the method). False makes every sample
+    a group of its own, among its own negatives only: the G samples then never repel each other.
+    An ablation of the within-prompt repulsion; needs ``mask_self: false`` and ``alpha_max: 1``
+    (the guidance weight scales with G - 1 and vanishes)."""
     positives_per_prompt: int = 1
     """P positives per prompt (docs/method.md section 7): the paired image plus P - 1 more, drawn
     as ``positives_from`` says. 1 is the paired image alone."""
@@ -444,6 +455,11 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ("drift.samples_per_prompt", d.samples_per_prompt >= 2, "must be >= 2 (the drift needs negatives)"),
         ("drift.positives_per_prompt", d.positives_per_prompt >= 1, "must be >= 1"),
         ("drift.affinity_floor", 0.0 <= d.affinity_floor < 1.0, "must be in [0, 1)"),
+        (
+            "drift.sibling_negatives",
+            d.sibling_negatives or (not d.mask_self and d.alpha_max == 1.0),
+            "false needs drift.mask_self=false and drift.alpha_max=1",
+        ),
         ("drift.neighbours", d.neighbours >= 1, "must be >= 1"),
         ("drift.neighbour_temperature", d.neighbour_temperature > 0, "must be > 0"),
         (
@@ -562,13 +578,14 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ),
         ("text.pooled_sources", len(cfg.text.pooled_sources) > 0, "must name at least one encoder"),
     ]
-    checks.append(
-        (
-            "objective.regression_space",
-            cfg.objective.regression_space == "output" or cfg.objective.name == "regression",
-            "applies to objective.name=regression only",
+    for name, default in (("regression_space", "output"), ("regression_loss", "mse")):
+        checks.append(
+            (
+                f"objective.{name}",
+                getattr(cfg.objective, name) == default or cfg.objective.name == "regression",
+                "applies to objective.name=regression only",
+            )
         )
-    )
     for name in FEATURE_ENCODERS:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))

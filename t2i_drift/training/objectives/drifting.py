@@ -146,13 +146,22 @@ class DriftingObjective(TextToImageObjective):
                 extra_features = self.extra_positive_features(batch, B)
         if self.key_weights is None:
             self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
+        caption_ids = inputs.caption_ids
+        if not drift.sibling_negatives:
+            # Every sample its own prompt: the paired features repeat for each of its G samples
+            # (rows stay prompt-major), and equal caption ids keep the copies out of the
+            # unconditional negatives.
+            real_features = {k: v.repeat_interleave(G, 0) for k, v in real_features.items()}
+            if extra_features is not None:
+                extra_features = {k: v.repeat_interleave(G, 0) for k, v in extra_features.items()}
+            alpha, caption_ids, G = alpha.repeat_interleave(G), caption_ids.repeat_interleave(G), 1
         with timer("drift field"):
             loss, stats = text_to_image_drift_loss(
                 gen_features,
                 real_features,
                 G,
                 alpha,
-                inputs.caption_ids,
+                caption_ids,
                 self.options,
                 key_weights=self.key_weights,
                 extra_positives=extra_features,

@@ -5,7 +5,9 @@
 
 or, with ``objective.regression_space: features``, the squared error in the drifting feature
 space (:func:`feature_regression_loss`): the same per-key sets the drift compares, without its
-field.
+field. ``objective.regression_loss: log_mse`` takes the log of each key's error instead: with one
+positive per prompt that is, up to a constant factor, the gradient the normalized drifting field
+gives (docs/method.md section 7), at the cost of one sample per prompt and no kernel.
 
 With one image per caption its optimum is the conditional mean of the images given the caption,
 whatever the noise: the blurry average that a one-step generator has to beat. It uses the drifting
@@ -18,28 +20,45 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
 
 
+def squared_error(generated: torch.Tensor, target: torch.Tensor, log: bool) -> torch.Tensor:
+    """mean((generated - target)^2) in fp32, or its log (``objective.regression_loss: log_mse``).
+
+    The log's gradient is the plain one divided by the current mean squared error, so a key's pull
+    does not fade as its error shrinks; the clamp only guards an exact zero.
+    """
+    mse = (generated.float() - target.float()).pow(2).mean()
+    return mse.clamp_min(1e-12).log() if log else mse
+
+
 def feature_regression_loss(
-    generated: dict[str, torch.Tensor], real: dict[str, torch.Tensor], weights: dict[str, float]
+    generated: dict[str, torch.Tensor],
+    real: dict[str, torch.Tensor],
+    weights: dict[str, float],
+    log: bool = False,
 ) -> torch.Tensor:
-    """Sum over feature keys of weight * mean((f(x) - f(y))^2) / var(f(y)).
+    """Sum over feature keys of weight * mean((f(x) - f(y))^2) / var(f(y)), or of
+    weight * log(mean((f(x) - f(y))^2)) with ``log``.
 
     Args:
         generated: key -> [B, L, D] features of the generated samples (with grad).
         real: key -> [B, L, D] features of their paired images.
         weights: key -> loss weight.
+        log: take the log of each key's mean squared error (the variance is then a constant
+            offset and is left out).
     Dividing by each key's variance over the real batch puts every key on one scale, as the
     drift's per-key normalization does, so no set dominates by its units alone.
     """
     total = torch.zeros((), device=next(iter(real.values())).device)
     for key, target in real.items():
-        scale = target.float().var() + 1e-6
-        total = total + weights[key] * (generated[key].float() - target.float()).pow(2).mean() / scale
+        term = squared_error(generated[key], target, log)
+        if not log:
+            term = term / (target.float().var() + 1e-6)
+        total = total + weights[key] * term
     return total
 
 
@@ -74,12 +93,13 @@ class RegressionObjective(TextToImageObjective):
                 guidance=torch.ones(B, device=device),
                 style_indices=style,
             ).sample  # [B, C, H, W]
+        log = self.cfg.objective.regression_loss == "log_mse"
         if self.features is None:
-            return F.mse_loss(generated.float(), real.float()), {}
+            return squared_error(generated, real, log), {}
         with self.accelerator.autocast():
             gen_features = self.features(generated)  # key -> [B, L, D], with grad
             with torch.no_grad():
                 real_features = self.features(real)
         if self.key_weights is None:
             self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
-        return feature_regression_loss(gen_features, real_features, self.key_weights), {}
+        return feature_regression_loss(gen_features, real_features, self.key_weights, log), {}
