@@ -162,9 +162,12 @@ def test_training_with_extra_positives_feeds_them_to_the_drift(tmp_path, mode, m
     assert (tmp_path / "pipeline" / "model_index.json").is_file()
 
 
-def test_without_sibling_negatives_each_sample_reaches_the_drift_as_its_own_prompt(tmp_path, monkeypatch):
+@pytest.mark.parametrize("alone", ["drift.sibling_negatives=false", "drift.samples_per_prompt=1"])
+def test_without_sibling_negatives_each_sample_reaches_the_drift_as_its_own_prompt(
+    tmp_path, monkeypatch, alone
+):
     """drift.sibling_negatives=false: the drift sees B*G one-sample prompts, each with its
-    prompt's paired image, extra positives and caption id, all at alpha = 1."""
+    prompt's paired image, extra positives and caption id, all at alpha = 1 (G = 1: B prompts)."""
     import t2i_drift.training.objectives.drifting as drifting_objective
 
     calls = []
@@ -181,7 +184,7 @@ def test_without_sibling_negatives_each_sample_reaches_the_drift_as_its_own_prom
         "drift.positives_per_prompt=2",
         "drift.positives_from=augment",
     ]
-    overrides += ["drift.sibling_negatives=false", "drift.mask_self=false", "drift.alpha_max=1"]
+    overrides += [alone, "drift.mask_self=false", "drift.alpha_max=1"]
     cfg = load_config(RECIPE, overrides)
     train_t2i(cfg)
     G, B = cfg.drift.samples_per_prompt, cfg.train.batch_size

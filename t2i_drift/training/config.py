@@ -277,7 +277,8 @@ class ObjectiveConfig:
 @dataclass
 class DriftConfig:
     samples_per_prompt: int = 4
-    """G generated samples per prompt (>= 2): the self-masked negatives of each group."""
+    """G generated samples per prompt: the negatives of each group (>= 2; 1 with ``mask_self:
+    false`` and ``alpha_max: 1``, where each sample is its own only negative)."""
     temperatures: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.2])
     """Kernel temperatures tau (relative to each key's normalized scale); their fields are summed."""
     alpha_max: float = 4.0
@@ -452,7 +453,13 @@ def validate_config(cfg: Config, source: str = "config") -> None:
     """Range checks that types alone cannot express; errors name the dotted key."""
     d = cfg.drift
     checks = [
-        ("drift.samples_per_prompt", d.samples_per_prompt >= 2, "must be >= 2 (the drift needs negatives)"),
+        (
+            "drift.samples_per_prompt",
+            d.samples_per_prompt >= 2
+            or (d.samples_per_prompt == 1 and not d.mask_self and d.alpha_max == 1.0),
+            "must be >= 2 (the drift needs negatives); 1 only with drift.mask_self=false and "
+            "drift.alpha_max=1",
+        ),
         ("drift.positives_per_prompt", d.positives_per_prompt >= 1, "must be >= 1"),
         ("drift.affinity_floor", 0.0 <= d.affinity_floor < 1.0, "must be in [0, 1)"),
         (
