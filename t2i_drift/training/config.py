@@ -270,8 +270,8 @@ class ObjectiveConfig:
     """``regression``: ``mse`` is the squared error. ``log_mse`` takes the log of each key's mean
     squared error over the batch (the output space is one key), so a key's gradient is its
     residual divided by its current mean squared error: every key keeps an equal say as its error
-    shrinks, whatever its units. With one positive per prompt and the affinity floor the
-    normalized drifting field is close to this gradient (docs/method.md section 7)."""
+    shrinks, whatever its units. With one positive per prompt the normalized drifting field is
+    close to this gradient wherever its affinities sit at the floor (docs/method.md section 7)."""
 
 
 @dataclass

@@ -7,7 +7,8 @@ or, with ``objective.regression_space: features``, the squared error in the drif
 space (:func:`feature_regression_loss`): the same per-key sets the drift compares, without its
 field. ``objective.regression_loss: log_mse`` takes the log of each key's error instead: with one
 positive per prompt that is, up to a constant factor, the gradient the normalized drifting field
-gives (docs/method.md section 7), at the cost of one sample per prompt and no kernel.
+gives where every affinity sits at the floor (its smallest temperature; docs/method.md section 7),
+without the kernel that up-weights nearly-right locations at the larger temperatures.
 
 With one image per caption its optimum is the conditional mean of the images given the caption,
 whatever the noise: the blurry average that a one-step generator has to beat. It uses the drifting
