@@ -452,11 +452,12 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> Config:
 def validate_config(cfg: Config, source: str = "config") -> None:
     """Range checks that types alone cannot express; errors name the dotted key."""
     d = cfg.drift
+    # A sample may be its own only negative when it is kept among them and no guidance needs more.
+    self_negative_only = not d.mask_self and d.alpha_max == 1.0
     checks = [
         (
             "drift.samples_per_prompt",
-            d.samples_per_prompt >= 2
-            or (d.samples_per_prompt == 1 and not d.mask_self and d.alpha_max == 1.0),
+            d.samples_per_prompt >= 2 or (d.samples_per_prompt == 1 and self_negative_only),
             "must be >= 2 (the drift needs negatives); 1 only with drift.mask_self=false and "
             "drift.alpha_max=1",
         ),
@@ -464,7 +465,7 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ("drift.affinity_floor", 0.0 <= d.affinity_floor < 1.0, "must be in [0, 1)"),
         (
             "drift.sibling_negatives",
-            d.sibling_negatives or (not d.mask_self and d.alpha_max == 1.0),
+            d.sibling_negatives or self_negative_only,
             "false needs drift.mask_self=false and drift.alpha_max=1",
         ),
         ("drift.neighbours", d.neighbours >= 1, "must be >= 1"),
