@@ -14,7 +14,8 @@
 #
 # Extra arguments after the folder (and --tiny) are passed to every text-to-image run, e.g.
 # text.encoder=PATH for a local copy of the MiniLM encoder. A phase whose result exists is skipped,
-# so an interrupted study resumes.
+# so an interrupted study resumes. MAE_WIDTHS="64 128" trains only those widths (the widest one's
+# keys drive the drifting runs).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
@@ -37,7 +38,7 @@ if ((tiny)); then
   eval_extra=(--num 4 --diversity-prompts 2 --batch-size 8)
   mp=no
 else
-  widths=(32 64 128); mae_steps=2000; ft_steps=300; mae_batch=256; drift_steps=1000; probe_steps=200
+  read -r -a widths <<<"${MAE_WIDTHS:-32 64 128}"; mae_steps=2000; ft_steps=300; mae_batch=256; drift_steps=1000; probe_steps=200
   mae_extra=(train.checkpointing_steps=2000)
   t2i_extra=(train.checkpointing_steps=500)
   eval_extra=()
@@ -78,7 +79,12 @@ done
 for p in "${pids[@]}"; do wait "$p" || { echo "an MAE run failed: see $out/mae_w*.log" >&2; exit 1; }; done
 stamp "MAEs trained"
 
-# 2. Probes: linear (shape and colour, every width and an untrained widest one) and identity.
+# 2. The widest MAE's keys, seeds 0 and 1, beside the raw-key runs started first; they train while
+# the probes run.
+drift mae 0
+drift mae 1
+
+# 3. Probes: linear (shape and colour, every width and an untrained widest one) and identity.
 maes=()
 for w in "${widths[@]}"; do maes+=(--mae "$out/mae_w$w/mae"); done
 [[ -f $out/linear_probe.json ]] || python "$here/probe_encoder.py" "${maes[@]}" --random-width "$widest" \
@@ -90,9 +96,6 @@ for w in "${widths[@]}"; do
 done
 stamp "probes done"
 
-# 3. The widest MAE's keys, seeds 0 and 1, beside the raw-key runs started first.
-drift mae 0
-drift mae 1
 failed=0
 for p in "${drift_pids[@]}"; do wait "$p" || failed=1; done
 ((failed)) && { echo "a drifting run failed: see $out/shapes_*.log" >&2; exit 1; }
