@@ -12,11 +12,12 @@ or named spaces on 32 px images of a built-in set:
     python scripts/bench_feature_identity.py [--data shapes] [--spaces raw effnet32 effnet128]
     python scripts/bench_feature_identity.py --data shapes --mae outputs/mae_shapes/mae --spaces mae mae+raw
 
-For each space and loss (drift, feat-mse) it prints the mean squared distance of the free samples
-to their own image and to another image at 5 steps, the RMS of the loss's gradient at the start
-(how hard the space pushes), and PASS when the own distance ends at most half the other one and
-at most half where it started. ``--require-pass`` exits 1 when a drift row fails (a check to run
-before a long training run).
+For each space and loss (drift, feat-mse, feat-log-mse) it prints the mean squared distance of the
+free samples to their own image and to another image at 5 steps, the RMS of the loss's gradient at
+the start (how hard the space pushes), and PASS when the own distance ends at most half the other
+one and at most half where it started. ``--require-pass`` exits 1 when a drift row fails (a check to
+run before a long training run). A drift row that tracks its feat-log-mse row is, in that space,
+the regression the single-positive field reduces to (docs/method.md section 7).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
 from t2i_drift.drifting import DriftOptions
-from t2i_drift.eval.identity_probe import PASS_RATIO, identity_probe
+from t2i_drift.eval.identity_probe import PASS_RATIO, PROBE_LOSSES, identity_probe
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.vae import encode_latents, load_vae
 from t2i_drift.training.builders import build_feature_encoder, build_in_memory_dataset
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16, help="real images probed")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="picks the images and the start")
-    parser.add_argument("--losses", nargs="+", default=["drift", "feat-mse"], choices=["drift", "feat-mse"])
+    parser.add_argument("--losses", nargs="+", default=["drift", "feat-mse"], choices=list(PROBE_LOSSES))
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--require-pass", action="store_true", help="exit 1 when a drift row fails")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     spaces, options = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(
-        f"{'space':<22} {'loss':<9} "
+        f"{'space':<22} {'loss':<12} "
         + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
         + f"    grad0  verdict (at the end own <= {PASS_RATIO} x other and <= {PASS_RATIO} x own at 0)"
     )
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "PASS" if result.passed else "FAIL"
             failed |= loss == "drift" and not result.passed
             print(
-                f"{name:<22} {loss:<9} "
+                f"{name:<22} {loss:<12} "
                 + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in result.rows)
                 + f" {result.grad0:8.2e}  {verdict}",
                 flush=True,

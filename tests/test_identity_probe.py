@@ -73,3 +73,26 @@ def test_self_masked_drift_pushes_the_samples_of_one_positive_apart():
     )
     assert masked.rows[-1][1] > 2 * masked.rows[0][1] and not masked.passed
     assert kept.rows[-1][1] < 0.1 * kept.rows[0][1] and kept.passed
+
+
+def test_log_mse_probe_loss_divides_each_keys_gradient_by_its_error():
+    """feat-log-mse is sum_k log(MSE_k): its gradient is sum_k grad(MSE_k) / MSE_k, whatever a
+    key's units (the regression the single-positive drift reduces to at the floor)."""
+    from t2i_drift.eval.identity_probe import _loss
+
+    torch.manual_seed(0)
+    real = {"a": torch.randn(3, 4, 5), "b": 1000.0 * torch.randn(3, 1, 2)}
+    x = torch.randn(6, 4, 5, requires_grad=True)  # two samples per image
+
+    def feats(scale_b: float) -> dict[str, torch.Tensor]:
+        return {"a": x, "b": scale_b * x[:, :1, :2]}
+
+    (grad,) = torch.autograd.grad(_loss("feat-log-mse", feats(1000.0), real, 2, None, None), x)
+    expected = torch.zeros_like(x)
+    for k, f in feats(1000.0).items():
+        mse = ((f.view(3, 2, *f.shape[1:]) - real[k][:, None]) ** 2).mean()
+        expected += torch.autograd.grad(mse, x)[0] / mse.detach()
+    torch.testing.assert_close(grad, expected)
+    scaled = {"a": real["a"], "b": real["b"] / 1000.0}
+    (unit,) = torch.autograd.grad(_loss("feat-log-mse", feats(1.0), scaled, 2, None, None), x)
+    torch.testing.assert_close(grad, unit)

@@ -15,6 +15,10 @@ Losses:
     drift     the text-to-image drifting loss (docs/method.md sections 3 and 7): group = image,
               one positive, alpha = 1 (no unconditional negatives)
     feat-mse  plain feature matching: sum over keys of mean((f(x) - f(y))^2) / var(f(y))
+    feat-log-mse  sum over keys of log(mean((f(x) - f(y))^2)): every key's gradient divided by its
+              own error, what the drift with one positive amounts to where its affinities sit at
+              the floor (docs/method.md section 7); a drift row that tracks this row is that
+              regression, not a use of the kernel
 
 An encoder that fails (EfficientNet-Lite0's ImageNet features: the samples match the features
 and move away from the image) teaches a generator textures, not the caption's image.
@@ -23,7 +27,7 @@ and move away from the image) teaches a generator textures, not the caption's im
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -35,7 +39,8 @@ own image as from another image, and at most half as far as they started: they m
 image and stayed there (a space whose drift first converges and then pushes the samples apart
 again fails)."""
 
-ProbeLoss = Literal["drift", "feat-mse"]
+ProbeLoss = Literal["drift", "feat-mse", "feat-log-mse"]
+PROBE_LOSSES: tuple[str, ...] = get_args(ProbeLoss)
 
 
 @dataclass
@@ -69,11 +74,14 @@ def _loss(
             feats, real_feats, samples, weights, ids, options, extra_positives=extra_feats
         )
         return loss
-    return sum(
-        ((feats[k].view(N, samples, *feats[k].shape[1:]) - real_feats[k][:, None]) ** 2).mean()
-        / (real_feats[k].var() + 1e-6)
+    errors = {
+        k: ((feats[k].view(N, samples, *feats[k].shape[1:]) - real_feats[k][:, None]) ** 2).mean()
         for k in feats
-    )
+    }
+    if kind == "feat-log-mse":
+        # The 1e-12 keeps a key the samples match exactly finite; log makes the key weights moot.
+        return sum(torch.log(errors[k] + 1e-12) for k in feats)
+    return sum(errors[k] / (real_feats[k].var() + 1e-6) for k in feats)
 
 
 def identity_probe(
@@ -94,8 +102,8 @@ def identity_probe(
     ``extra_positives`` [N, P-1, C, H, W]: more positives per image for the drift (other images of
     its caption); "own" stays the distance to ``real``. ``options``: the drift's field options
     (default: the library's)."""
-    if loss not in ("drift", "feat-mse"):
-        raise ValueError(f"loss must be 'drift' or 'feat-mse', got {loss!r}")
+    if loss not in PROBE_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(PROBE_LOSSES)}, got {loss!r}")
     if steps < 1 or samples < 2:
         raise ValueError(f"need steps >= 1 and samples >= 2, got steps={steps}, samples={samples}")
     N = real.shape[0]
