@@ -56,11 +56,17 @@ def test_bad_overrides_name_the_key(override, key):
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("drift.samples_per_prompt=1", "drift.samples_per_prompt"),
+        ("drift.samples_per_prompt=0", "drift.samples_per_prompt"),
+        # The default's one sample per prompt is its own only negative: not with guidance or self-masking.
+        (["drift.alpha_max=4", "drift.samples_per_prompt=1"], "drift.samples_per_prompt"),
+        ("drift.mask_self=true", "drift.samples_per_prompt"),
         ("drift.temperatures=[0.05, 0]", "drift.temperatures"),
         ("drift.memory_budget_mb=-5", "drift.memory_budget_mb"),
         ("drift.alpha_max=0.5", "drift.alpha_max"),
-        ("drift.sibling_negatives=false", "drift.sibling_negatives"),  # guidance still on
+        (
+            ["drift.samples_per_prompt=4", "drift.alpha_max=4", "drift.sibling_negatives=false"],
+            "drift.sibling_negatives",
+        ),
         ("train.batch_size=0", "train.batch_size"),
         # Checked when the run starts, not at export or deep in torch:
         ("eval.guidance_scale=10", "eval.guidance_scale"),
@@ -84,7 +90,7 @@ def test_bad_overrides_name_the_key(override, key):
 )
 def test_out_of_range_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key):
-        load_config(None, [override])
+        load_config(None, override if isinstance(override, list) else [override])
     assert load_config(None, ["drift.memory_budget_mb=null"]).drift.memory_budget_mb is None
 
 
