@@ -79,7 +79,7 @@ def _loss(
         for k in feats
     }
     if kind == "feat-log-mse":
-        # The 1e-12 keeps a key the samples match exactly finite; log makes the key weights moot.
+        # The 1e-12 keeps a key the samples match exactly finite; the log makes each key's units moot.
         return sum(torch.log(errors[k] + 1e-12) for k in feats)
     return sum(errors[k] / (real_feats[k].var() + 1e-6) for k in feats)
 
