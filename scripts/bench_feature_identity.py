@@ -31,6 +31,7 @@ import torch
 
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
 from t2i_drift.drifting import DriftOptions
+from t2i_drift.drifting.feature_sets import FIELD_NORM_SCOPES, FieldNormScope
 from t2i_drift.eval.identity_probe import PASS_RATIO, PROBE_LOSSES, identity_probe
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.vae import encode_latents, load_vae
@@ -52,9 +53,12 @@ def _pick(dataset, count: int, seed: int) -> torch.Tensor:
     return torch.stack([dataset[int(i)]["pixel_values"] for i in idx])
 
 
-def _recipe_space(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.Tensor]], DriftOptions]:
+Spaces = list[tuple[str, torch.nn.Module, torch.Tensor]]
+
+
+def _recipe_space(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope]:
     """The recipe's feature encoder, real samples in its generator's output space, and its drift's
-    field options (temperatures, self-masking)."""
+    field options (temperatures, self-masking) and field normalization scope."""
     try:
         cfg = load_config(args.config, args.overrides)
         dataset = build_in_memory_dataset(cfg.data, cfg.train.seed)
@@ -72,10 +76,10 @@ def _recipe_space(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.
         mask_self=cfg.drift.mask_self,
         affinity_floor=cfg.drift.affinity_floor,
     )
-    return [(Path(args.config).stem, encoder, real)], options
+    return [(Path(args.config).stem, encoder, real)], options, cfg.drift.field_norm
 
 
-def _named_spaces(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.Tensor]], DriftOptions]:
+def _named_spaces(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope]:
     if any(s.startswith("mae") for s in args.spaces) and args.mae is None:
         parser.error("--spaces mae / mae+raw need --mae FOLDER (scripts/train_mae.py output)")
     mae = None
@@ -89,7 +93,8 @@ def _named_spaces(args, parser) -> tuple[list[tuple[str, torch.nn.Module, torch.
         dataset = OpenMojiDataset("train", resolution=32, max_samples=400)
     real = _pick(dataset, args.images, args.seed)
     options = DriftOptions(mask_self=not args.keep_self)
-    return [(name, SPACES[name](mae).eval(), real) for name in args.spaces], options
+    spaces = [(name, SPACES[name](mae).eval(), real) for name in args.spaces]
+    return spaces, options, args.field_norm
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-self", action="store_true", help="for --spaces: samples stay among their own negatives"
     )
+    parser.add_argument(
+        "--field-norm",
+        choices=list(FIELD_NORM_SCOPES),
+        default="key",
+        help="for --spaces: which keys share the field normalization (drift.field_norm)",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4, help="free samples per image (G)")
     parser.add_argument("--images", type=int, default=16, help="real images probed")
@@ -120,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"overrides {args.overrides} need --config")
     if args.keep_self and args.config:
         parser.error("--keep-self is for --spaces; with --config set drift.mask_self=false instead")
+    if args.field_norm != "key" and args.config:
+        parser.error("--field-norm is for --spaces; with --config set drift.field_norm instead")
     if args.steps < 1 or args.samples < 2 or args.images < 2:
         parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
-    spaces, options = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
+    spaces, options, field_norm = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(
         f"{'space':<22} {'loss':<12} "
@@ -141,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.lr,
                 args.seed,
                 options=options,
+                field_norm=field_norm,
             )
             verdict = "PASS" if result.passed else "FAIL"
             failed |= loss == "drift" and not result.passed

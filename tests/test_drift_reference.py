@@ -112,6 +112,59 @@ def test_loss_and_stats_match_reference():
         _close(stats[name], value, name, rtol=1e-4, atol=1e-9)
 
 
+# "loc" and "mean"/"bank" live in different buckets: a shared lambda spans them; "loc2" keeps its own.
+SHARED = {"loc": "enc", "mean": "enc", "bank": "enc"}
+
+
+@pytest.mark.parametrize("case", ["normalized", "chunked", "budget_recompute", "one_tau", "raw"])
+def test_shared_lambda_matches_reference(case):
+    options = CASES[case]
+    keys = _keys()
+    _assert_matches(
+        evaluate_drift(keys, options, SHARED), reference_drift(keys, options, lambda_groups=SHARED)
+    )
+
+
+def test_shared_lambda_keeps_relative_field_sizes():
+    """One temperature: the shared field of key k is its own-lambda field times
+    sqrt(mean(V_k^2) / mean over the label's keys), so a nearly matched key gets a small field and the
+    label's keys' loss terms still sum to their number."""
+    options = CASES["one_tau"]
+    keys = _keys()
+    own, shared = evaluate_drift(keys, options), evaluate_drift(keys, options, SHARED)
+    (tau,) = options.temperatures
+    mean_v2 = torch.stack([own[name].raw_v2[tau] for name in SHARED]).mean()
+    for name in SHARED:
+        factor = (own[name].raw_v2[tau] / mean_v2).sqrt()
+        _close(shared[name].field, own[name].field.double() * factor.double(), name, rtol=1e-5, atol=1e-6)
+        assert shared[name].raw_v2[tau] == own[name].raw_v2[tau]  # the logged statistic is the key's own
+    total = sum(shared[name].field.square().mean() for name in SHARED)
+    torch.testing.assert_close(total, torch.tensor(float(len(SHARED))), rtol=1e-5, atol=0)
+    assert torch.equal(shared["loc2"].field, own["loc2"].field)
+
+
+def test_shared_lambda_of_one_key_is_its_own():
+    keys = _keys()
+    own = evaluate_drift(keys)
+    alone = evaluate_drift(keys, lambda_groups={"loc": "a", "mean": "b"})
+    for name in keys:
+        assert torch.equal(alone[name].field, own[name].field), name
+
+
+def test_shared_lambda_names_unknown_keys():
+    with pytest.raises(ValueError, match="lambda_groups names unknown feature keys: \\['nope'\\]"):
+        evaluate_drift(_keys(), lambda_groups={"loc": "a", "nope": "a"})
+
+
+def test_shared_lambda_loss_matches_reference():
+    keys = _keys()
+    loss, stats = drifting_loss(keys, DriftOptions(), lambda_groups=SHARED)
+    ref_loss, ref_stats = reference_loss(keys, DriftOptions(), lambda_groups=SHARED)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-4, atol=0)
+    own_loss, _ = drifting_loss(keys, DriftOptions())
+    assert abs(loss.item() - own_loss.item()) > 1e-3  # the sharing changes the loss
+
+
 @pytest.mark.parametrize("positives", [1, 3])
 def test_text_to_image_loss_matches_reference(positives):
     """group = prompt x location; its positives are the prompt's paired image then its P - 1 extra

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import tiny_convnext_dir, tiny_mae, tiny_vae
 
+from t2i_drift.drifting.feature_sets import lambda_groups
 from t2i_drift.models.feature_encoders import DecodedLatentFeatures
 from t2i_drift.models.vae import load_vae
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights
@@ -209,3 +210,32 @@ def test_feature_errors_reach_the_command_line_as_usage_errors(tmp_path, capsys)
     message = capsys.readouterr().err.splitlines()[-1]
     assert err.value.code == 2 and "features.drop_keys: 'nope' matches no feature key" in message
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_field_norm_shares_lambda_over_a_map_or_an_encoder(parts, tmp_path):
+    """drift.field_norm groups the trainer's keys by feature map or encoder; with one temperature a
+    shared lambda leaves the group's loss terms summing to their number but no longer each 1."""
+    options = [f"features.mae.path={parts['mae_pixels']}", "features.effnet=null"]
+    feats = build_feature_encoder(load_config(RECIPE, options).features, 16)(torch.rand(2, 3, 16, 16))
+    assert lambda_groups(feats, "key") is None
+    by_map, by_encoder = lambda_groups(feats, "map"), lambda_groups(feats, "encoder")
+    assert by_map["mae.s2.out/loc"] == by_map["mae.s2.out/std2x2"] == "mae.s2.out"
+    assert by_map["mae/input_rms"] == "mae" and by_map["raw/flat"] == "raw"
+    assert {by_encoder[k] for k in feats} == {"mae", "raw"}
+    with pytest.raises(ValueError, match="one of key, map, encoder"):
+        lambda_groups(feats, "layer")
+    losses = {}
+    for scope in ("key", "encoder"):
+        run = tmp_path / scope
+        train_t2i(load_config(RECIPE, [*options, f"drift.field_norm={scope}", "drift.temperatures=[0.05]",
+                                       "train.max_steps=1", f"train.output_dir={run}"]))  # fmt: skip
+        logged = json.loads((run / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
+        losses[scope] = [v for k, v in logged.items() if k.startswith("loss/mae")]
+        assert logged["loss/raw/flat"] == pytest.approx(1.0, rel=1e-4)  # an encoder of its own
+    # Each key its own lambda: every term is 1, or 0 where a key's field vanishes (below the clamp).
+    assert len(losses["key"]) > 5 and all(
+        v == pytest.approx(1.0, rel=1e-4) or v < 1e-6 for v in losses["key"]
+    )
+    shared = losses["encoder"]
+    assert sum(shared) == pytest.approx(len(shared), rel=1e-4)
+    assert max(shared) > 2 * min(shared)

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from t2i_drift.data import ShapesDataset
@@ -96,3 +97,27 @@ def test_log_mse_probe_loss_divides_each_keys_gradient_by_its_error():
     scaled = {"a": real["a"], "b": real["b"] / 1000.0}
     (unit,) = torch.autograd.grad(_loss("feat-log-mse", feats(1.0), scaled, 2, None, None), x)
     torch.testing.assert_close(grad, unit)
+
+
+class _TwoKeys(torch.nn.Module):
+    """One encoder with two keys of very different residuals: the image and its mean colour."""
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"enc.a/flat": images.flatten(1)[:, None], "enc.b/mean": images.mean((2, 3))[:, None]}
+
+
+def test_probe_field_norm_shares_lambda_over_an_encoders_keys():
+    """field_norm="encoder" changes the drift's path where an encoder's keys differ in residual;
+    a single key is unaffected; the script refuses --field-norm with --config (a recipe sets it)."""
+    real = _real()
+    own = identity_probe(_TwoKeys(), real, "drift", steps=4, samples=2)
+    shared = identity_probe(_TwoKeys(), real, "drift", steps=4, samples=2, field_norm="encoder")
+    assert own.rows[-1] != shared.rows[-1] and own.grad0 != shared.grad0
+    single = [
+        identity_probe(RawFeatures(), real, "drift", steps=2, samples=2, field_norm=f)
+        for f in ("key", "encoder")
+    ]
+    assert single[0].rows == single[1].rows
+    args = ["--config", str(ROOT / "recipes" / "shapes_32px.yaml"), "--field-norm", "encoder"]
+    with pytest.raises(SystemExit):
+        _script().main(args)

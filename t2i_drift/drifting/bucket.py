@@ -12,6 +12,7 @@ The evaluation walks the groups three times, in chunks sized by the memory budge
 
     1. distances -> the section-3 scale (and the diagnostics), pooled over keys' groups and processes
     2. coefficients -> V_tau -> mean(V_tau^2), pooled the same way: the per-temperature lambda
+       (the caller may pool it further, over keys that share a lambda: field.py)
     3. V = sum_tau V_tau / lambda_tau, from the coefficients combined over temperatures
 
 Per-group partial sums are reduced in a fixed order, so the result does not depend on the chunking
@@ -121,13 +122,37 @@ class Bucket:
         self._dists: dict[int, torch.Tensor] = {}
         self._coeffs: dict[int, Coefficients] = {}
         self._chunks: dict[int, _Chunk] = {}
+        self._scalars: _KeyScalars | None = None  # set by norms()
 
-    def evaluate(self) -> list[DriftResult]:
-        """The field and diagnostics of every key of the bucket, in the order of ``keys``."""
+    def norms(self) -> torch.Tensor:
+        """Passes 1 and 2: the section-3 scalars, then mean(V_tau^2) per key and temperature.
+
+        Returns:
+            [num_keys, T] fp32 raw_v2 (pooled over processes). :meth:`results` turns them into
+            the lambdas of each key, or the caller pools them over several keys first.
+        """
         sizes = torch.stack([torch.full((), float(size), device=self.device) for size in self.sizes])
-        scalars = self._scales(sizes)
-        raw_v2 = self._temperature_norms(sizes, scalars)  # [num_keys, T]
-        field = self._field(raw_v2, scalars)  # [num_groups, n, D]
+        self._scalars = self._scales(sizes)
+        return self._temperature_norms(sizes, self._scalars)
+
+    def release(self) -> None:
+        """Drop what passes 1-2 cached for pass 3 (it then recomputes): used when other buckets'
+        passes must run before this one's pass 3, so that only one bucket's cache is alive."""
+        self._coeffs.clear()
+        self._chunks.clear()
+
+    def results(self, raw_v2: torch.Tensor, lambda_v2: torch.Tensor | None = None) -> list[DriftResult]:
+        """Pass 3 and the results of every key of the bucket, in the order of ``keys``.
+
+        Args:
+            raw_v2: [num_keys, T] from :meth:`norms`.
+            lambda_v2: [num_keys, T] the mean squares the lambdas are taken from; None: each key's
+                own ``raw_v2`` (docs/method.md section 3).
+        """
+        scalars = self._scalars
+        if scalars is None:
+            raise RuntimeError("Bucket.results needs Bucket.norms first")
+        field = self._field(raw_v2 if lambda_v2 is None else lambda_v2, scalars)  # [num_groups, n, D]
         self._chunks.clear()
         results = []
         zero = torch.zeros((), device=self.device)
@@ -143,6 +168,10 @@ class Bucket:
                 )
             )
         return results
+
+    def evaluate(self) -> list[DriftResult]:
+        """The field and diagnostics of every key of the bucket, each key with its own lambdas."""
+        return self.results(self.norms())
 
     # -- chunks ----------------------------------------------------------------------------------
 
@@ -279,8 +308,9 @@ class Bucket:
     def _field(self, raw_v2: torch.Tensor, scalars: _KeyScalars) -> torch.Tensor:
         """Pass 3: V = sum_tau V_tau / lambda_tau = (sum_tau coeff_tau / lambda_tau) @ t.
 
-        One lambda = sqrt(max(mean(V_tau^2), 1e-8)) per key and temperature (docs/method.md
-        section 3); the raw field uses lambda = 1. Returns [num_groups, n, D].
+        lambda = sqrt(max(raw_v2, 1e-8)) per key and temperature (docs/method.md section 3: each
+        key's own mean(V_tau^2), unless the caller pooled it over keys); the raw field uses
+        lambda = 1. Returns [num_groups, n, D].
         """
         T, dev = self.T, self.device
         if self.options.normalize:

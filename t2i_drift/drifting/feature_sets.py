@@ -14,10 +14,15 @@ plus the per-channel RMS of the encoder input and the flattened raw generator ou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+# Which keys share the field normalization lambda_tau (docs/method.md section 3).
+FieldNormScope = Literal["key", "map", "encoder"]
+FIELD_NORM_SCOPES: tuple[str, ...] = ("key", "map", "encoder")
 
 # Keeps sqrt differentiable where a patch is constant (std = 0).
 _STD_EPS = 1e-6
@@ -92,3 +97,24 @@ def map_feature_sets(
             continue
         out[f"{name}/mean{patch}x{patch}"], out[f"{name}/std{patch}x{patch}"] = patch_mean_std(fmap, patch)
     return out
+
+
+def lambda_groups(keys: Iterable[str], scope: FieldNormScope) -> dict[str, str] | None:
+    """Labels of the keys that share one field normalization, for ``evaluate_drift(lambda_groups=)``.
+
+    Keys are named ``<encoder>[.<map>]/<set>`` (``mae.s2.out/loc``, ``mae/input_rms``,
+    ``raw/flat``). ``key``: None, every key its own lambda (the method). ``map``: the sets of one
+    feature map share one (label ``mae.s2.out``). ``encoder``: every key of one encoder shares one
+    (label ``mae``).
+    """
+    if scope not in FIELD_NORM_SCOPES:
+        raise ValueError(
+            f"field normalization scope must be one of {', '.join(FIELD_NORM_SCOPES)}, got {scope!r}"
+        )
+    if scope == "key":
+        return None
+    labels = {}
+    for key in keys:
+        owner = key.split("/", 1)[0]
+        labels[key] = owner if scope == "map" else owner.split(".", 1)[0]
+    return labels

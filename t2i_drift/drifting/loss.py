@@ -37,6 +37,7 @@ def drifting_loss(
     keys: Mapping[str, DriftGroups],
     options: DriftOptions = DEFAULT_OPTIONS,
     key_weights: Mapping[str, float] | None = None,
+    lambda_groups: Mapping[str, str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over feature keys of the drifting loss (docs/method.md section 3: loss = sum_key loss_key).
 
@@ -49,6 +50,8 @@ def drifting_loss(
         options: see :class:`~t2i_drift.drifting.options.DriftOptions`.
         key_weights: optional weight per key (default 1, the method's plain sum). A key's
             normalization is unchanged; the weight only scales its loss term.
+        lambda_groups: keys that share one field normalization per temperature (key -> label),
+            see :func:`~t2i_drift.drifting.field.evaluate_drift`; None: one per key.
     Returns:
         loss: scalar fp32 tensor.
         stats: ``loss/<key>`` (the unweighted loss term) and ``<key>/<stat>`` for the stats of
@@ -57,7 +60,7 @@ def drifting_loss(
     """
     if key_weights is not None and not set(key_weights) <= set(keys):
         raise ValueError(f"key_weights names unknown feature keys: {sorted(set(key_weights) - set(keys))}")
-    results = evaluate_drift(keys, options)
+    results = evaluate_drift(keys, options, lambda_groups)
     total: torch.Tensor | None = None
     stats: dict[str, torch.Tensor] = {}
     for name, result in results.items():

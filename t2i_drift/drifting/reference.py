@@ -19,7 +19,8 @@ Per group, with x [n, D] generated, u [m, D] extra negatives with weights w_u, y
         A = sqrt(max(softmax_j(logits) * softmax_i(logits), floor)) * w_j    (floor: 1e-6)
         coeff_ij = +A_ij S_neg_i for positives, -A_ij S_pos_i for negatives
         V_tau,i = sum_j coeff_ij t~_j - (sum_j coeff_ij) x~_i        (x~ = x / s_in, t~ = t / s_in)
-    V = sum_tau V_tau / sqrt(max(mean(V_tau^2), 1e-8))              (mean over all groups of the key)
+    V = sum_tau V_tau / sqrt(max(mean(V_tau^2), 1e-8))              (mean over all groups of the key;
+                                                                     lambda_groups: mean of it over keys)
 
 Without normalization: scale is NaN, s_in = unit = 1 and V = sum_tau V_tau.
 """
@@ -122,8 +123,14 @@ def _group_field(
     return coeff @ t - coeff.sum(1, keepdim=True) * x
 
 
-def _reference_key(groups: DriftGroups, options: DriftOptions, dtype: torch.dtype) -> DriftResult:
-    """Section 3 over the groups of one key, each group's field by :func:`_group_field`."""
+def _reference_key(
+    groups: DriftGroups, options: DriftOptions, dtype: torch.dtype
+) -> tuple[DriftResult, dict[float, torch.Tensor]]:
+    """Section 3 over the groups of one key, each group's field by :func:`_group_field`.
+
+    Returns the key's result with a zero field, and its V_tau [groups, n, D] per temperature (the
+    lambdas may pool over several keys: :func:`reference_drift` sums them).
+    """
     num_groups, n, D = groups.gen.shape
     device = groups.gen.device
     parts = [_group(groups, g, options, dtype) for g in range(num_groups)]
@@ -148,28 +155,41 @@ def _reference_key(groups: DriftGroups, options: DriftOptions, dtype: torch.dtyp
         spread = sum((_distances(part.x, part.x)[off_diagonal].sum() for part in parts), zero)
         spread = spread / max(num_groups * n * (n - 1), 1) / unit
 
-    field = torch.zeros(num_groups, n, D, dtype=dtype, device=device)
-    raw_v2: dict[float, torch.Tensor] = {}
+    v_taus: dict[float, torch.Tensor] = {}  # V_tau of every group, [groups, n, D]
     for tau in options.temperatures:
-        v_tau = torch.zeros_like(field)  # V_tau of every group, [groups, n, D]
+        v_tau = torch.zeros(num_groups, n, D, dtype=dtype, device=device)
         for g, (d, part) in enumerate(zip(dists, parts, strict=True)):
             logit_dist = d / unit + 100.0 * part.is_self  # self-masking on the normalized distance
             x, t = part.x / s_in, part.t / s_in
             v_tau[g] = _group_field(x, t, logit_dist, part, tau, options.affinity_floor)
-        raw_v2[tau] = v_tau.square().mean() if v_tau.numel() else zero
-        # One lambda per key and temperature; the raw field sums the V_tau as they are.
-        lam = raw_v2[tau].clamp_min(1e-8).sqrt() if options.normalize else 1.0
-        field += v_tau / lam
-
-    return DriftResult(
-        field=field, scale=scale, feature_scale=s_in, raw_v2=raw_v2, nearest_pos=nearest, spread=spread
+        v_taus[tau] = v_tau
+    raw_v2 = {tau: v.square().mean() if v.numel() else zero for tau, v in v_taus.items()}
+    result = DriftResult(
+        field=torch.zeros(num_groups, n, D, dtype=dtype, device=device),  # filled by _normalized
+        scale=scale,
+        feature_scale=s_in,
+        raw_v2=raw_v2,
+        nearest_pos=nearest,
+        spread=spread,
     )
+    return result, v_taus
+
+
+def _normalized(
+    result: DriftResult, v_taus: dict[float, torch.Tensor], lambda_v2: dict[float, torch.Tensor] | None
+) -> DriftResult:
+    """V = sum_tau V_tau / lambda_tau, lambda_tau = sqrt(max(lambda_v2[tau], 1e-8)); None: lambda 1."""
+    for tau, v_tau in v_taus.items():
+        lam = 1.0 if lambda_v2 is None else lambda_v2[tau].clamp_min(1e-8).sqrt()
+        result.field.add_(v_tau / lam)
+    return result
 
 
 def reference_drift(
     keys: Mapping[str, DriftGroups],
     options: DriftOptions = DEFAULT_OPTIONS,
     dtype: torch.dtype = torch.float64,
+    lambda_groups: Mapping[str, str] | None = None,
 ) -> dict[str, DriftResult]:
     """What :func:`~t2i_drift.drifting.field.evaluate_drift` computes, one group at a time.
 
@@ -181,12 +201,32 @@ def reference_drift(
         keys: key name -> its groups, as for ``evaluate_drift``.
         options: as for ``evaluate_drift``; ``distributed`` is not supported.
         dtype: the precision of every computation (float64 by default; float32 to time it fairly).
+        lambda_groups: as for ``evaluate_drift``: keys with one label share lambda_tau.
     Returns:
         key -> DriftResult with all tensors in ``dtype``.
     """
     if options.distributed:
         raise ValueError("the reference runs in one process: distributed=True is not supported")
-    return {name: _reference_key(groups, options, dtype) for name, groups in keys.items()}
+    keyed = {name: _reference_key(groups, options, dtype) for name, groups in keys.items()}
+    lambda_groups = lambda_groups or {}
+    out = {}
+    for name, (result, v_taus) in keyed.items():
+        lambda_v2 = None
+        if options.normalize:
+            # One lambda per temperature for every key with this key's label: the mean over those
+            # keys of their mean(V_tau^2); an unlabelled key is its own label.
+            label = lambda_groups.get(name)
+            peers = [
+                other
+                for other in keyed
+                if other == name or (label is not None and lambda_groups.get(other) == label)
+            ]
+            lambda_v2 = {
+                tau: torch.stack([keyed[other][0].raw_v2[tau] for other in peers]).mean()
+                for tau in options.temperatures
+            }
+        out[name] = _normalized(result, v_taus, lambda_v2)
+    return out
 
 
 def reference_loss(
@@ -194,6 +234,7 @@ def reference_loss(
     options: DriftOptions = DEFAULT_OPTIONS,
     key_weights: Mapping[str, float] | None = None,
     dtype: torch.dtype = torch.float64,
+    lambda_groups: Mapping[str, str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The value of :func:`~t2i_drift.drifting.loss.drifting_loss` and its stats (no gradient).
 
@@ -201,7 +242,7 @@ def reference_loss(
     """
     total = torch.zeros((), dtype=dtype)
     stats: dict[str, torch.Tensor] = {}
-    for name, result in reference_drift(keys, options, dtype).items():
+    for name, result in reference_drift(keys, options, dtype, lambda_groups).items():
         loss = result.field.square().mean()
         total = total + (1.0 if key_weights is None else key_weights.get(name, 1.0)) * loss
         stats[f"loss/{name}"] = loss

@@ -79,6 +79,7 @@ def text_to_image_drift_loss(
     *,
     key_weights: Mapping[str, float] | None = None,
     extra_positives: Mapping[str, torch.Tensor] | None = None,
+    lambda_groups: Mapping[str, str] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over feature keys of the normalized drifting loss (docs/method.md sections 3, 5, 7).
 
@@ -96,6 +97,8 @@ def text_to_image_drift_loss(
         extra_positives: key -> [B, P-1, L, D] features of more positives per prompt (images of
             the same caption, or views of the paired one); None: the paired image alone. The
             unconditional negatives stay the B paired images.
+        lambda_groups: keys that share one field normalization per temperature (key -> label,
+            e.g. every key of one feature encoder); None: one per key (the method).
     Returns:
         loss (scalar) and stats ``<key>/<stat>`` plus ``loss/<key>`` (0-d tensors; no device sync),
         as :func:`~t2i_drift.drifting.loss.drifting_loss` returns them.
@@ -126,4 +129,6 @@ def text_to_image_drift_loss(
             neg_mask=valid.repeat_interleave(L, dim=0),  # [B*L, B]
             neg_index=index,
         )
-    return drifting_loss(keys, replace(options, normalize=True), key_weights=key_weights)
+    return drifting_loss(
+        keys, replace(options, normalize=True), key_weights=key_weights, lambda_groups=lambda_groups
+    )

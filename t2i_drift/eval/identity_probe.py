@@ -32,6 +32,7 @@ from typing import Literal, get_args
 import torch
 
 from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
+from t2i_drift.drifting.feature_sets import FieldNormScope, lambda_groups
 
 PASS_RATIO = 0.5
 """A space passes when, at the last step, the samples are at most half as far (squared) from their
@@ -64,6 +65,7 @@ def _loss(
     samples: int,
     extra_feats: dict[str, torch.Tensor] | None,
     options: DriftOptions,
+    field_norm: FieldNormScope = "key",
 ) -> torch.Tensor:
     first = next(iter(real_feats.values()))
     N = first.shape[0]
@@ -71,7 +73,14 @@ def _loss(
         ids = torch.arange(N, device=first.device)  # every image its own caption
         weights = torch.ones(N, device=first.device)
         loss, _ = text_to_image_drift_loss(
-            feats, real_feats, samples, weights, ids, options, extra_positives=extra_feats
+            feats,
+            real_feats,
+            samples,
+            weights,
+            ids,
+            options,
+            extra_positives=extra_feats,
+            lambda_groups=lambda_groups(feats, field_norm),
         )
         return loss
     errors = {
@@ -94,6 +103,7 @@ def identity_probe(
     seed: int = 0,
     extra_positives: torch.Tensor | None = None,
     options: DriftOptions | None = None,
+    field_norm: FieldNormScope = "key",
 ) -> ProbeResult:
     """Optimize ``samples`` free tensors per image of ``real`` [N, C, H, W] under ``loss`` in the
     feature space of ``encoder`` (key -> [N, L, D]); the samples start near 0 (N(0, 0.01^2)).
@@ -101,7 +111,8 @@ def identity_probe(
 
     ``extra_positives`` [N, P-1, C, H, W]: more positives per image for the drift (other images of
     its caption); "own" stays the distance to ``real``. ``options``: the drift's field options
-    (default: the library's)."""
+    (default: the library's). ``field_norm``: which keys share the field normalization
+    (``drift.field_norm`` of the recipes)."""
     if loss not in PROBE_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(PROBE_LOSSES)}, got {loss!r}")
     if steps < 1 or samples < 2:
@@ -127,7 +138,7 @@ def identity_probe(
             rows.append((step, own, (xs - other_image).pow(2).mean().item()))
         if step == steps:
             break
-        value = _loss(loss, encoder(x), real_feats, samples, extra_feats, options)
+        value = _loss(loss, encoder(x), real_feats, samples, extra_feats, options, field_norm)
         opt.zero_grad()
         value.backward()
         if step == 0:

@@ -306,6 +306,12 @@ class DriftConfig:
     samples are then pulled to the mean of the positives instead of the nearest one
     (docs/method.md section 7). Set 0 when a prompt has several positives; keep it with one
     positive, where a prompt's near-identical samples would otherwise outweigh that positive."""
+    field_norm: Literal["key", "map", "encoder"] = "key"
+    """Which feature keys share the field normalization lambda_tau (docs/method.md section 3).
+    ``key``: each its own (the method), so every key has the same say in the loss however close it
+    already is to the data. ``map``: the sets of one feature map (``mae.s2.out/loc``, ``/mean``, ...)
+    share one; ``encoder``: every key of one encoder (``mae.*``, ``mae/input_rms``) shares one, so a
+    key already matched gets a small field. The raw key is an encoder of its own."""
     sibling_negatives: bool = True
     """Use a prompt's G samples as negatives of one another (the method). False makes every sample
     a group of its own, among its own negatives only: the G samples then never repel each other.

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from t2i_drift.drifting import DriftOptions, sample_alpha, text_to_image_drift_loss
+from t2i_drift.drifting.feature_sets import lambda_groups
 from t2i_drift.models.vae import encode_latents
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
@@ -48,6 +49,7 @@ class DriftingObjective(TextToImageObjective):
             affinity_floor=cfg.drift.affinity_floor,
         )
         self.key_weights: dict[str, float] | None = None  # per feature key, from the first step
+        self.lambda_groups: dict[str, str] | None = None  # keys sharing lambda (drift.field_norm)
 
     def cached_features(self) -> tuple[Any, torch.nn.Module]:
         # The encoder itself, not its torch.compile wrapper: the cache key hashes its weights.
@@ -146,6 +148,7 @@ class DriftingObjective(TextToImageObjective):
                 extra_features = self.extra_positive_features(batch, B)
         if self.key_weights is None:
             self.key_weights = feature_key_weights(self.cfg.features, list(gen_features))
+            self.lambda_groups = lambda_groups(gen_features, drift.field_norm)
         caption_ids = inputs.caption_ids
         if not drift.sibling_negatives:
             # Every sample its own prompt: the paired features repeat for each of its G samples
@@ -165,6 +168,7 @@ class DriftingObjective(TextToImageObjective):
                 self.options,
                 key_weights=self.key_weights,
                 extra_positives=extra_features,
+                lambda_groups=self.lambda_groups,
             )
         stats["alpha_mean"] = alpha.mean()
         return loss, stats
