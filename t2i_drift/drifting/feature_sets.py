@@ -15,14 +15,14 @@ plus the per-channel RMS of the encoder input and the flattened raw generator ou
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 # Which keys share the field normalization lambda_tau (docs/method.md section 3).
 FieldNormScope = Literal["key", "map", "encoder"]
-FIELD_NORM_SCOPES: tuple[str, ...] = ("key", "map", "encoder")
+FIELD_NORM_SCOPES: tuple[str, ...] = get_args(FieldNormScope)
 
 # Keeps sqrt differentiable where a patch is constant (std = 0).
 _STD_EPS = 1e-6

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from t2i_drift.data.shapes import CAPTION_OMITS
+from t2i_drift.drifting.feature_sets import FieldNormScope
 from t2i_drift.models.transformer_drifting import TextAttention
 from t2i_drift.text.open_clip_text import OPEN_CLIP_PREFIX
 from t2i_drift.training.strict_config import (
@@ -306,7 +307,7 @@ class DriftConfig:
     samples are then pulled to the mean of the positives instead of the nearest one
     (docs/method.md section 7). Set 0 when a prompt has several positives; keep it with one
     positive, where a prompt's near-identical samples would otherwise outweigh that positive."""
-    field_norm: Literal["key", "map", "encoder"] = "key"
+    field_norm: FieldNormScope = "key"
     """Which feature keys share the field normalization lambda_tau (docs/method.md section 3).
     ``key``: each its own (the method), so every key has the same say in the loss however close it
     already is to the data. ``map``: the sets of one feature map (``mae.s2.out/loc``, ``/mean``, ...)
