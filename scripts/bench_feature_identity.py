@@ -17,7 +17,9 @@ free samples to their own image and to another image at 5 steps, the RMS of the 
 the start (how hard the space pushes), and PASS when the own distance ends at most half the other
 one and at most half where it started. ``--require-pass`` exits 1 when a drift row fails (a check to
 run before a long training run). A drift row that tracks its feat-log-mse row is, in that space,
-the regression the single-positive field reduces to (docs/method.md section 7).
+the regression the single-positive field reduces to (docs/method.md section 7). ``--field-norm
+encoder`` (named spaces) lets an encoder's keys share the field normalization, as the recipes'
+``drift.field_norm`` does (docs/method.md section 3).
 """
 
 from __future__ import annotations
