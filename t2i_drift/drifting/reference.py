@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -165,7 +165,7 @@ def _reference_key(
         v_taus[tau] = v_tau
     raw_v2 = {tau: v.square().mean() if v.numel() else zero for tau, v in v_taus.items()}
     result = DriftResult(
-        field=torch.zeros(num_groups, n, D, dtype=dtype, device=device),  # filled by _normalized
+        field=torch.zeros(num_groups, n, D, dtype=dtype, device=device),  # replaced by _normalized
         scale=scale,
         feature_scale=s_in,
         raw_v2=raw_v2,
@@ -179,10 +179,11 @@ def _normalized(
     result: DriftResult, v_taus: dict[float, torch.Tensor], lambda_v2: dict[float, torch.Tensor] | None
 ) -> DriftResult:
     """V = sum_tau V_tau / lambda_tau, lambda_tau = sqrt(max(lambda_v2[tau], 1e-8)); None: lambda 1."""
+    field = torch.zeros_like(result.field)
     for tau, v_tau in v_taus.items():
         lam = 1.0 if lambda_v2 is None else lambda_v2[tau].clamp_min(1e-8).sqrt()
-        result.field.add_(v_tau / lam)
-    return result
+        field += v_tau / lam
+    return replace(result, field=field)
 
 
 def reference_drift(
