@@ -19,7 +19,8 @@ one and at most half where it started. ``--require-pass`` exits 1 when a drift r
 run before a long training run). A drift row that tracks its feat-log-mse row is, in that space,
 the regression the single-positive field reduces to (docs/method.md section 7). ``--field-norm
 encoder`` (named spaces) lets an encoder's keys share the field normalization, as the recipes'
-``drift.field_norm`` does (docs/method.md section 3).
+``drift.field_norm`` does (docs/method.md section 3). ``--shift 2`` (named spaces) translates the
+encoders' input by one random offset per step, as the recipes' ``features.random_shift`` does.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import torch
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
 from t2i_drift.drifting import DriftOptions
 from t2i_drift.drifting.feature_sets import FIELD_NORM_SCOPES, FieldNormScope
-from t2i_drift.eval.identity_probe import PASS_RATIO, PROBE_LOSSES, identity_probe
+from t2i_drift.eval.identity_probe import PASS_RATIO, PROBE_LOSSES, PROBE_OPTIMIZERS, identity_probe
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
+from t2i_drift.models.shifted_encoder import ShiftedEncoder
 from t2i_drift.models.vae import encode_latents, load_vae
 from t2i_drift.training.builders import build_feature_encoder, build_in_memory_dataset
 from t2i_drift.training.config import ConfigError, load_config
@@ -58,9 +60,18 @@ def _pick(dataset, count: int, seed: int) -> torch.Tensor:
 Spaces = list[tuple[str, torch.nn.Module, torch.Tensor]]
 
 
-def _recipe_space(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope]:
-    """The recipe's feature encoder, real samples in its generator's output space, and its drift's
-    field options (temperatures, self-masking) and field normalization scope."""
+def _shifted(encoder: torch.nn.Module) -> torch.nn.Module:
+    """``encoder`` with every part but the raw key behind a ShiftedEncoder (features.random_shift)."""
+    if isinstance(encoder, MultiFeatureEncoder):
+        for name, part in encoder.encoders.items():
+            encoder.encoders[name] = _shifted(part)
+        return encoder
+    return encoder if isinstance(encoder, RawFeatures) else ShiftedEncoder(encoder)
+
+
+def _recipe_space(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope, int]:
+    """The recipe's feature encoder, real samples in its generator's output space, its drift's
+    field options (temperatures, self-masking), field normalization scope and input shift."""
     try:
         cfg = load_config(args.config, args.overrides)
         dataset = build_in_memory_dataset(cfg.data, cfg.train.seed)
@@ -78,10 +89,10 @@ def _recipe_space(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope]:
         mask_self=cfg.drift.mask_self,
         affinity_floor=cfg.drift.affinity_floor,
     )
-    return [(Path(args.config).stem, encoder, real)], options, cfg.drift.field_norm
+    return [(Path(args.config).stem, encoder, real)], options, cfg.drift.field_norm, cfg.features.random_shift
 
 
-def _named_spaces(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope]:
+def _named_spaces(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope, int]:
     if any(s.startswith("mae") for s in args.spaces) and args.mae is None:
         parser.error("--spaces mae / mae+raw need --mae FOLDER (scripts/train_mae.py output)")
     mae = None
@@ -96,7 +107,9 @@ def _named_spaces(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope]:
     real = _pick(dataset, args.images, args.seed)
     options = DriftOptions(mask_self=not args.keep_self)
     spaces = [(name, SPACES[name](mae).eval(), real) for name in args.spaces]
-    return spaces, options, args.field_norm
+    if args.shift:
+        spaces = [(name, _shifted(encoder), real) for name, encoder, real in spaces if name != "raw"]
+    return spaces, options, args.field_norm, args.shift
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         default="key",
         help="for --spaces: which keys share the field normalization (drift.field_norm)",
     )
+    parser.add_argument(
+        "--shift",
+        type=int,
+        default=0,
+        help="for --spaces: random input shift of the encoders but raw (features.random_shift); "
+        "the raw space has no shift and is skipped",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=list(PROBE_OPTIMIZERS),
+        default="adam",
+        help="adam (per-pixel steps) or normalized-gd (the loss's direction at a fixed step length)",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4, help="free samples per image (G)")
     parser.add_argument("--images", type=int, default=16, help="real images probed")
@@ -135,9 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--keep-self is for --spaces; with --config set drift.mask_self=false instead")
     if args.field_norm != "key" and args.config:
         parser.error("--field-norm is for --spaces; with --config set drift.field_norm instead")
+    if args.shift and args.config:
+        parser.error("--shift is for --spaces; with --config set features.random_shift instead")
+    if args.shift < 0:
+        parser.error("--shift must be >= 0")
     if args.steps < 1 or args.samples < 2 or args.images < 2:
         parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
-    spaces, options, field_norm = _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
+    spaces, options, field_norm, shift = (
+        _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
+    )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     print(
         f"{'space':<22} {'loss':<12} "
@@ -157,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 options=options,
                 field_norm=field_norm,
+                shift=shift,
+                optimizer=args.optimizer,
             )
             verdict = "PASS" if result.passed else "FAIL"
             failed |= loss == "drift" and not result.passed

@@ -121,3 +121,22 @@ def test_probe_field_norm_shares_lambda_over_an_encoders_keys():
     args = ["--config", str(ROOT / "recipes" / "shapes_32px.yaml"), "--field-norm", "encoder"]
     with pytest.raises(SystemExit):
         _script().main(args)
+
+
+def test_normalized_gradient_descent_keeps_the_direction_at_a_fixed_step_length():
+    """One step moves the tensor by lr in RMS along minus its gradient, whatever the gradient's size;
+    the probe passes the raw space with it and names a wrong optimizer."""
+    from t2i_drift.eval.identity_probe import NormalizedGradientDescent
+
+    x = torch.zeros(4, 8, requires_grad=True)
+    x.grad = torch.randn(4, 8) * 1e-5
+    NormalizedGradientDescent([x], lr=0.1).step()
+    assert x.detach().pow(2).mean().sqrt().item() == pytest.approx(0.1, rel=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(x.detach().flatten(), -x.grad.flatten(), dim=0)
+    assert cosine.item() == pytest.approx(1.0, abs=1e-6)
+    result = identity_probe(
+        RawFeatures(), _real(), "feat-mse", steps=60, samples=2, optimizer="normalized-gd"
+    )
+    assert result.passed
+    with pytest.raises(ValueError, match="adam, normalized-gd"):
+        identity_probe(RawFeatures(), _real(), "feat-mse", steps=1, samples=2, optimizer="sgd")

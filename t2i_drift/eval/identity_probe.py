@@ -2,7 +2,8 @@
 
 A feature space is only useful to the drifting loss if matching it means matching the image. The
 probe checks that without a generator: for N real images it optimizes free tensors (G per image,
-in the generator's output space: pixels, or VAE latents) with Adam under one loss built from the
+in the generator's output space: pixels, or VAE latents) with Adam (or, with
+``optimizer="normalized-gd"``, plain gradient steps of fixed length) under one loss built from the
 feature space, and tracks the mean squared distance of the free samples to their own image
 ("own") and to another image of the set ("other": where a loss that ignores the image stays).
 
@@ -33,6 +34,7 @@ import torch
 
 from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
 from t2i_drift.drifting.feature_sets import FieldNormScope, lambda_groups
+from t2i_drift.models.shifted_encoder import set_shift, shift_offset
 
 PASS_RATIO = 0.5
 """A space passes when, at the last step, the samples are at most half as far (squared) from their
@@ -42,6 +44,26 @@ again fails)."""
 
 ProbeLoss = Literal["drift", "feat-mse", "feat-log-mse"]
 PROBE_LOSSES: tuple[str, ...] = get_args(ProbeLoss)
+
+ProbeOptimizer = Literal["adam", "normalized-gd"]
+PROBE_OPTIMIZERS: tuple[str, ...] = get_args(ProbeOptimizer)
+
+
+class NormalizedGradientDescent(torch.optim.Optimizer):
+    """x -= lr * grad / RMS(grad): one step length for the whole tensor, the gradient's direction
+    kept. Adam rescales every pixel by its own gradient history, so a direction the loss barely asks
+    for moves as fast as the main one; a generator trained through the same loss gets no such
+    per-pixel help, and this optimizer shows what the loss's direction alone does."""
+
+    def __init__(self, params, lr: float):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.sub_(group["lr"] * p.grad / p.grad.pow(2).mean().sqrt().clamp_min(1e-30))
 
 
 @dataclass
@@ -104,6 +126,8 @@ def identity_probe(
     extra_positives: torch.Tensor | None = None,
     options: DriftOptions | None = None,
     field_norm: FieldNormScope = "key",
+    shift: int = 0,
+    optimizer: ProbeOptimizer = "adam",
 ) -> ProbeResult:
     """Optimize ``samples`` free tensors per image of ``real`` [N, C, H, W] under ``loss`` in the
     feature space of ``encoder`` (key -> [N, L, D]); the samples start near 0 (N(0, 0.01^2)).
@@ -112,22 +136,37 @@ def identity_probe(
     ``extra_positives`` [N, P-1, C, H, W]: more positives per image for the drift (other images of
     its caption); "own" stays the distance to ``real``. ``options``: the drift's field options
     (default: the library's). ``field_norm``: which keys share the field normalization
-    (``drift.field_norm`` of the recipes)."""
+    (``drift.field_norm`` of the recipes). ``shift``: the ShiftedEncoders inside ``encoder`` see
+    every step's samples and images translated by one random offset in [-shift, shift], as
+    training does with ``features.random_shift`` (the images' features are then recomputed at
+    each step's offset). ``optimizer``: ``adam`` (per-pixel step sizes) or ``normalized-gd``
+    (the gradient's direction at a fixed step length, :class:`NormalizedGradientDescent`)."""
     if loss not in PROBE_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(PROBE_LOSSES)}, got {loss!r}")
+    if optimizer not in PROBE_OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(PROBE_OPTIMIZERS)}, got {optimizer!r}")
     if steps < 1 or samples < 2:
         raise ValueError(f"need steps >= 1 and samples >= 2, got steps={steps}, samples={samples}")
     N = real.shape[0]
     g = torch.Generator().manual_seed(seed)
     x = (0.01 * torch.randn(N * samples, *real.shape[1:], generator=g)).to(real.device).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
+    opt = torch.optim.Adam([x], lr=lr) if optimizer == "adam" else NormalizedGradientDescent([x], lr=lr)
     options = options or DriftOptions()
-    with torch.no_grad():
-        real_feats = encoder(real)
-        extra_feats = None
+    if shift and set_shift(encoder, (0, 0)) == 0:
+        raise ValueError(f"shift={shift} needs a ShiftedEncoder inside the encoder, found none")
+
+    @torch.no_grad()
+    def image_features(step: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The images' (and extra positives') features at ``step``'s shift."""
+        if shift:
+            set_shift(encoder, shift_offset(shift, seed, step))
+        extra = None
         if extra_positives is not None:
             flat = encoder(extra_positives.flatten(0, 1))  # key -> [N*(P-1), L, D]
-            extra_feats = {k: v.view(N, -1, *v.shape[1:]) for k, v in flat.items()}
+            extra = {k: v.view(N, -1, *v.shape[1:]) for k, v in flat.items()}
+        return encoder(real), extra
+
+    real_feats, extra_feats = image_features(0)
     other_image = real.roll(1, 0)[:, None]  # [N, 1, C, H, W]: image n - 1 for image n
     log_at = {round(i * steps / 4) for i in range(5)}
     rows, grad0 = [], float("nan")
@@ -138,6 +177,8 @@ def identity_probe(
             rows.append((step, own, (xs - other_image).pow(2).mean().item()))
         if step == steps:
             break
+        if shift and step > 0:
+            real_feats, extra_feats = image_features(step)
         value = _loss(loss, encoder(x), real_feats, samples, extra_feats, options, field_norm)
         opt.zero_grad()
         value.backward()

@@ -23,6 +23,7 @@ from t2i_drift.models.feature_encoders import (
     key_matches,
 )
 from t2i_drift.models.hub_features import HubVisionFeatures
+from t2i_drift.models.shifted_encoder import ShiftedEncoder
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
 from t2i_drift.models.vae import vae_scale_factor
 from t2i_drift.text.conditioner import TextConditioner, TextEncoderSpec
@@ -186,13 +187,19 @@ def build_feature_encoder(
             )
         except ValueError as err:
             raise ConfigError(f"features.hub.name: {err}") from None
+    if f.random_shift:
+        _check_random_shift(f.random_shift, resolution, vae, latent_encoder=f.mae is not None)
+        # The shift applies where each encoder reads: pixels for the pixel encoders (after decoding
+        # in a latent run), the generator's output space for the MAE.
+        pixel = {name: ShiftedEncoder(encoder) for name, encoder in pixel.items()}
     encoders: dict[str, torch.nn.Module] = {}
     if pixel and vae is not None:  # latent run: pixel encoders see decoded latents
         encoders["decoded"] = DecodedLatentFeatures(vae, MultiFeatureEncoder(pixel), pixel_size=resolution)
     else:
         encoders.update(pixel)
     if f.mae is not None:
-        encoders["mae"] = _mae_features(f, vae)
+        mae = _mae_features(f, vae)
+        encoders["mae"] = ShiftedEncoder(mae) if f.random_shift else mae
     if f.raw is not None:
         encoders["raw"] = RawFeatures()
     if not encoders:
@@ -201,6 +208,18 @@ def build_feature_encoder(
     if f.drop_keys:
         _check_drop_keys(encoder, resolution, vae)
     return encoder
+
+
+def _check_random_shift(shift: int, resolution: int, vae: AutoencoderKL | None, latent_encoder: bool) -> None:
+    """``features.random_shift`` is smaller than every input it shifts (pixels, and the latent side
+    when an MAE reads latents)."""
+    side = resolution
+    if vae is not None and latent_encoder:
+        side = resolution // vae_scale_factor(vae)
+    if shift >= side:
+        raise ConfigError(
+            f"features.random_shift={shift} must be smaller than the encoder input's side {side}"
+        )
 
 
 def _check_drop_keys(encoder: MultiFeatureEncoder, resolution: int, vae: AutoencoderKL | None) -> None:

@@ -109,6 +109,11 @@ def cache_features(
     Returns:
         the summary written to ``out_dir/cache_meta.json`` (per process: counts of this one).
     """
+    if include_features and cfg.features.random_shift:
+        raise ValueError(
+            f"features.random_shift={cfg.features.random_shift}: the positives' features change every "
+            f"step and cannot be cached; cache text and latents only (no --features)"
+        )
     out_dir = Path(out_dir)
     replace = check_out_dir(out_dir, overwrite)  # every process: the same error, before any work
     accelerator = Accelerator()

@@ -229,6 +229,14 @@ class FeaturesConfig:
     (``mae.s1.b2/loc``, ``mae.s4.out/std2x2``, ``raw/flat``): ``["mae.s4.*"]`` drops a stage,
     ``["*/loc"]`` every per-location set. Each pattern must match a key of the configured
     encoders, and at least one key must remain (checked before training)."""
+    random_shift: int = 0
+    """Translate the input of every encoder but ``raw`` by a random (dy, dx) in [-s, s] elements
+    (pixels, or latent cells for an MAE on latents; edges replicated), one offset per step shared by
+    the generated samples and their positives, drawn from (``train.seed``, step). A convolutional
+    encoder's gradient carries its stride grid; without the shift a generator can match its features
+    with a texture tied to that grid (t2i_drift/models/shifted_encoder.py, docs/results.md "A random
+    shift"). 0: off (the method). The positives' features then change every step and cannot be
+    cached (scripts/cache_features.py --features)."""
     channels_last: bool = False
     """Run the frozen convolutional encoders (MAE, EfficientNet) in channels-last memory format
     (faster convolutions on GPUs with bf16; scripts/bench_train.py measures it)."""
@@ -705,5 +713,11 @@ def _feature_option_checks(f: FeaturesConfig) -> list[tuple[str, bool, str]]:
             "features.mae.stage_norm",
             mae is None or not mae.stage_norm or normalizes_a_stage,
             "normalizes stage outputs, but features.mae.maps names none (s<i>.out)",
+        ),
+        ("features.random_shift", f.random_shift >= 0, "must be >= 0 (0: off)"),
+        (
+            "features.random_shift",
+            f.random_shift == 0 or any(getattr(f, name) is not None for name in ("effnet", "mae", "hub")),
+            "shifts the input of the effnet / mae / hub encoders, but none is configured",
         ),
     ]

@@ -15,6 +15,7 @@ import torch
 
 from t2i_drift.drifting import DriftOptions, sample_alpha, text_to_image_drift_loss
 from t2i_drift.drifting.feature_sets import lambda_groups
+from t2i_drift.models.shifted_encoder import set_shift, shift_offset
 from t2i_drift.models.vae import encode_latents
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
@@ -113,6 +114,8 @@ class DriftingObjective(TextToImageObjective):
         drift, rng, timer = self.cfg.drift, self.rng, self.timer
         with timer("text and positives"):
             inputs = self.inputs(batch)
+        # One encoder input shift for everything this step encodes (features.random_shift).
+        set_shift(self.features, shift_offset(self.cfg.features.random_shift, self.cfg.train.seed, step))
         real, emb = inputs.real, inputs.text  # [B, C, H, W]; embeds [B, T, Dt]
         B, G = real.shape[0], drift.samples_per_prompt
         device = real.device

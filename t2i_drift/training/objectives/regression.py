@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from t2i_drift.models.shifted_encoder import set_shift, shift_offset
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
 from t2i_drift.training.objectives.text_to_image import TextToImageObjective
 
@@ -97,6 +98,7 @@ class RegressionObjective(TextToImageObjective):
         log = self.cfg.objective.regression_loss == "log_mse"
         if self.features is None:
             return squared_error(generated, real, log), {}
+        set_shift(self.features, shift_offset(self.cfg.features.random_shift, self.cfg.train.seed, step))
         with self.accelerator.autocast():
             gen_features = self.features(generated)  # key -> [B, L, D], with grad
             with torch.no_grad():
