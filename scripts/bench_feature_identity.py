@@ -21,6 +21,9 @@ the regression the single-positive field reduces to (docs/method.md section 7). 
 encoder`` (named spaces) lets an encoder's keys share the field normalization, as the recipes'
 ``drift.field_norm`` does (docs/method.md section 3). ``--shift 2`` (named spaces) translates the
 encoders' input by one random offset per step, as the recipes' ``features.random_shift`` does.
+``--two-positives`` gives every image's samples a second, different positive (what a generator
+faces while it cannot yet tell similar captions apart) and reports whether they end at the pixel
+mean of the two, at one of them, or elsewhere; ``--grid out.png`` shows the samples.
 """
 
 from __future__ import annotations
@@ -31,13 +34,15 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
 
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
 from t2i_drift.drifting import DriftOptions
 from t2i_drift.drifting.feature_sets import FIELD_NORM_SCOPES, FieldNormScope
 from t2i_drift.eval.identity_probe import PASS_RATIO, PROBE_LOSSES, PROBE_OPTIMIZERS, identity_probe
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
-from t2i_drift.models.shifted_encoder import ShiftedEncoder
+from t2i_drift.models.shifted_encoder import ShiftedEncoder, set_shift
 from t2i_drift.models.vae import encode_latents, load_vae
 from t2i_drift.training.builders import build_feature_encoder, build_in_memory_dataset
 from t2i_drift.training.config import ConfigError, load_config
@@ -67,6 +72,15 @@ def _shifted(encoder: torch.nn.Module) -> torch.nn.Module:
             encoder.encoders[name] = _shifted(part)
         return encoder
     return encoder if isinstance(encoder, RawFeatures) else ShiftedEncoder(encoder)
+
+
+def _two_positive_distances(samples: torch.Tensor, real: torch.Tensor, other: torch.Tensor) -> str:
+    """Where samples [N, G, C, H, W] with two positives (real [N, C, H, W], other) ended: their mean
+    squared distance to the pixel mean of the two, and to the nearer of the two."""
+    to_mean = (samples - (0.5 * (real + other))[:, None]).pow(2).mean().item()
+    own = (samples - real[:, None]).pow(2).mean((2, 3, 4))
+    nearer = torch.minimum(own, (samples - other[:, None]).pow(2).mean((2, 3, 4))).mean().item()
+    return f"to their mean {to_mean:.4f}, to the nearer {nearer:.4f}"
 
 
 def _recipe_space(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope, int]:
@@ -108,7 +122,7 @@ def _named_spaces(args, parser) -> tuple[Spaces, DriftOptions, FieldNormScope, i
     options = DriftOptions(mask_self=not args.keep_self)
     spaces = [(name, SPACES[name](mae).eval(), real) for name in args.spaces]
     if args.shift:
-        spaces = [(name, _shifted(encoder), real) for name, encoder, real in spaces if name != "raw"]
+        spaces = [(name, _shifted(encoder), real) for name, encoder, real in spaces]
     return spaces, options, args.field_norm, args.shift
 
 
@@ -137,13 +151,22 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="for --spaces: random input shift of the encoders but raw (features.random_shift); "
-        "the raw space has no shift and is skipped",
+        "the raw space is probed unshifted",
     )
     parser.add_argument(
         "--optimizer",
         choices=list(PROBE_OPTIMIZERS),
         default="adam",
         help="adam (per-pixel steps) or normalized-gd (the loss's direction at a fixed step length)",
+    )
+    parser.add_argument(
+        "--two-positives",
+        action="store_true",
+        help="give each image's samples the other image as a second positive: prints how far they end "
+        "from the mean of the two and from the nearer one (own / other are then both positives)",
+    )
+    parser.add_argument(
+        "--grid", default=None, help="for --spaces: save a PNG of the images and each row's first samples"
     )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=4, help="free samples per image (G)")
@@ -165,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--shift is for --spaces; with --config set features.random_shift instead")
     if args.shift < 0:
         parser.error("--shift must be >= 0")
+    if args.two_positives and args.require_pass:
+        parser.error("--require-pass judges one positive per image; drop --two-positives")
+    if args.grid and args.config:
+        parser.error("--grid is for --spaces (pixel samples)")
     if args.steps < 1 or args.samples < 2 or args.images < 2:
         parser.error("need --steps >= 1, --samples >= 2 and --images >= 2")
     spaces, options, field_norm, shift = (
@@ -176,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))
         + f"    grad0  verdict (at the end own <= {PASS_RATIO} x other and <= {PASS_RATIO} x own at 0)"
     )
-    report, failed = [], False
+    report, failed, grid = [], False, []
     for name, encoder, real in spaces:
+        other = real.roll(1, 0)  # the probe's "other" image of each image
+        extra = other[:, None].to(device) if args.two_positives else None
+        if not grid:
+            grid += [real[:8], other[:8]]
         for loss in args.losses:
             result = identity_probe(
                 encoder.to(device),
@@ -189,11 +220,15 @@ def main(argv: list[str] | None = None) -> int:
                 args.seed,
                 options=options,
                 field_norm=field_norm,
-                shift=shift,
+                shift=shift if set_shift(encoder, (0, 0)) else 0,  # the raw space has nothing to shift
                 optimizer=args.optimizer,
+                extra_positives=extra,
             )
             verdict = "PASS" if result.passed else "FAIL"
             failed |= loss == "drift" and not result.passed
+            grid.append(result.samples[:8, 0])
+            if args.two_positives:
+                verdict = _two_positive_distances(result.samples, real.cpu(), other.cpu())
             print(
                 f"{name:<22} {loss:<12} "
                 + " ".join(f"{s:>5} {o:6.3f} {w:6.3f} |" for s, o, w in result.rows)
@@ -211,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+    if args.grid:
+        # Rows: the images, the other images, then each space/loss row's first sample per image.
+        images = torch.cat(grid).clamp(-1, 1).add(1).div(2)
+        save_image(F.interpolate(images, scale_factor=4, mode="nearest"), args.grid, nrow=len(grid[0]))
+        print(f"wrote {args.grid}")
     return 1 if args.require_pass and failed else 0
 
 

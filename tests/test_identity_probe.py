@@ -140,3 +140,21 @@ def test_normalized_gradient_descent_keeps_the_direction_at_a_fixed_step_length(
     assert result.passed
     with pytest.raises(ValueError, match="adam, normalized-gd"):
         identity_probe(RawFeatures(), _real(), "feat-mse", steps=1, samples=2, optimizer="sgd")
+
+
+def test_probe_script_two_positives_reports_where_samples_end_and_draws_them(tmp_path, capsys):
+    """--two-positives: in the raw space, samples kept among their own negatives end at the pixel
+    mean of their two positives (the affinity floor makes the field the mean's pull); --grid writes
+    the images, the other images and one sample row per space."""
+    grid = tmp_path / "probe.png"
+    args = ["--data", "shapes", "--spaces", "raw", "--keep-self", "--two-positives", "--losses", "drift"]
+    assert _script().main([*args, "--steps", "100", "--images", "4", "--samples", "2", "--grid", str(grid)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("raw"))
+    to_mean = float(line.split("to their mean ")[1].split(",")[0])
+    nearer = float(line.split("to the nearer ")[1])
+    assert to_mean < 0.1 * nearer
+    from PIL import Image
+
+    assert Image.open(grid).size == (4 * (32 * 4 + 2) + 2, 3 * (32 * 4 + 2) + 2)  # 3 rows of 4, padding 2
+    with pytest.raises(SystemExit):
+        _script().main([*args, "--require-pass"])

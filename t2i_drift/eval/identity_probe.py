@@ -73,6 +73,8 @@ class ProbeResult:
     loss: str
     rows: list[tuple[int, float, float]]
     grad0: float
+    samples: torch.Tensor | None = None
+    """The free samples after the last step, [N, G, C, H, W] (on the CPU)."""
 
     @property
     def passed(self) -> bool:
@@ -185,4 +187,5 @@ def identity_probe(
         if step == 0:
             grad0 = x.grad.pow(2).mean().sqrt().item()
         opt.step()
-    return ProbeResult(loss=loss, rows=rows, grad0=grad0)
+    samples_out = x.detach().view(N, samples, *real.shape[1:]).cpu()
+    return ProbeResult(loss=loss, rows=rows, grad0=grad0, samples=samples_out)
