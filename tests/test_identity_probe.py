@@ -148,7 +148,9 @@ def test_probe_script_two_positives_reports_where_samples_end_and_draws_them(tmp
     the images, the other images and one sample row per space."""
     grid = tmp_path / "probe.png"
     args = ["--data", "shapes", "--spaces", "raw", "--keep-self", "--two-positives", "--losses", "drift"]
-    assert _script().main([*args, "--steps", "100", "--images", "4", "--samples", "2", "--grid", str(grid)]) == 0
+    assert (
+        _script().main([*args, "--steps", "100", "--images", "4", "--samples", "2", "--grid", str(grid)]) == 0
+    )
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("raw"))
     to_mean = float(line.split("to their mean ")[1].split(",")[0])
     nearer = float(line.split("to the nearer ")[1])
