@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_mae
+from helpers import tiny_mae, tiny_vae
 from test_identity_probe import _real
 
 from t2i_drift.eval.identity_probe import identity_probe
 from t2i_drift.models import MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.shifted_encoder import ShiftedEncoder, set_shift, shift_images, shift_offset
+from t2i_drift.models.vae import load_vae
 from t2i_drift.training.builders import build_feature_encoder
 from t2i_drift.training.config import ConfigError, load_config
 
@@ -94,6 +95,14 @@ def test_builder_wraps_every_encoder_but_raw_and_config_errors_name_the_key(tmp_
         load_config(RECIPE, ["features.random_shift=-1"])
     with pytest.raises(ConfigError, match="features.random_shift.*none is configured"):
         load_config(RECIPE, ["features.random_shift=1", "features.effnet=null"])
+    # A latent run: the pixel encoders are shifted in decoded pixels, behind the VAE decoder.
+    tiny_vae(scaling_factor=0.7, shift_factor=0.05).save_pretrained(tmp_path / "vae")
+    latent = load_config(
+        RECIPE, [f"model.vae={tmp_path / 'vae'}", "model.patch_size=2", "features.random_shift=2"]
+    )
+    encoder = build_feature_encoder(latent.features, 16, load_vae(latent.model.vae))
+    decoded = encoder.encoders["decoded"]
+    assert set_shift(decoded.pixel_encoder, (0, 0)) == 1 and set_shift(encoder, (1, 1)) == 1
     with pytest.raises(ConfigError, match="features.random_shift=16 must be smaller"):
         build_feature_encoder(load_config(RECIPE, ["features.random_shift=16"]).features, 16)
 

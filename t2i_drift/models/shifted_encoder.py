@@ -37,7 +37,7 @@ def shift_offset(max_shift: int, seed: int, step: int) -> Offset:
         raise ValueError(f"max_shift must be >= 0, got {max_shift}")
     if max_shift == 0:
         return (0, 0)
-    # Two independent streams keyed by seed and step; no global RNG is touched, so switching the
+    # A generator of its own, keyed by seed and step: no global RNG is touched, so switching the
     # shift on does not change the run's other draws.
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=g).tolist()
@@ -64,7 +64,7 @@ def shift_images(images: torch.Tensor, offset: Offset) -> torch.Tensor:
 
 class ShiftedEncoder(FrozenEncoder):
     """``encoder(shift_images(images, self.offset))``; ``offset`` is set once per step by the
-    trainer (MultiFeatureEncoder.set_shift). Not shifting is (0, 0), the default.
+    trainer (:func:`set_shift`). Not shifting is (0, 0), the default.
 
     Args:
         encoder: any frozen encoder ``images [N, C, H, W] -> dict[key, Tensor[N, L, D]]``.
