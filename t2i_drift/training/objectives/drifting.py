@@ -115,7 +115,8 @@ class DriftingObjective(TextToImageObjective):
         with timer("text and positives"):
             inputs = self.inputs(batch)
         # One encoder input shift for everything this step encodes (features.random_shift).
-        set_shift(self.features, shift_offset(self.cfg.features.random_shift, self.cfg.train.seed, step))
+        if self.cfg.features.random_shift:  # off: no module walk on the training step
+            set_shift(self.features, shift_offset(self.cfg.features.random_shift, self.cfg.train.seed, step))
         real, emb = inputs.real, inputs.text  # [B, C, H, W]; embeds [B, T, Dt]
         B, G = real.shape[0], drift.samples_per_prompt
         device = real.device

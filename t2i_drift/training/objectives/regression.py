@@ -98,7 +98,8 @@ class RegressionObjective(TextToImageObjective):
         log = self.cfg.objective.regression_loss == "log_mse"
         if self.features is None:
             return squared_error(generated, real, log), {}
-        set_shift(self.features, shift_offset(self.cfg.features.random_shift, self.cfg.train.seed, step))
+        if self.cfg.features.random_shift:  # off: no module walk on the training step
+            set_shift(self.features, shift_offset(self.cfg.features.random_shift, self.cfg.train.seed, step))
         with self.accelerator.autocast():
             gen_features = self.features(generated)  # key -> [B, L, D], with grad
             with torch.no_grad():
