@@ -25,6 +25,11 @@ at the mean (``to mean`` near 0, ``all`` near 0); a diverging one moves away fro
 in its latent space, as a latent generator's field sees it: the renders are encoded with the
 training conventions, the free samples are latents starting at the caption's mean latent, the key
 is the flattened latent, the checker scores their decodings, and the distances are per latent element.
+
+``--mae FOLDER --space mae+raw`` (or ``mae``) puts a trained ResNet MAE's keys in the field (next to
+the raw key, or alone), each key normalized on its own as in training, and ``--shift S`` moves the
+MAE's input by one random offset in [-S, S] per step (``features.random_shift``): does the MAE's
+field seek the caption's modes where several different images share it, the paper's setting?
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ import torch
 from t2i_drift.data.shapes import all_scenes, caption_groups, render_scene
 from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
 from t2i_drift.eval.shapes import group_accuracy
+from t2i_drift.models import MAEFeatures, MultiFeatureEncoder, RawFeatures
+from t2i_drift.models.shifted_encoder import ShiftedEncoder, set_shift, shift_offset
 from t2i_drift.models.vae import decode_latents, encode_latents, load_vae
 
 DEFAULT_VARIANTS = (
@@ -88,11 +95,14 @@ def run_variant(
     seed: int,
     init_noise: float = 0.05,
     vae: torch.nn.Module | None = None,
+    encoder: torch.nn.Module | None = None,
+    shift: int = 0,
 ) -> list[dict[str, float]]:
     """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``.
 
     ``bank``: [C, R, c, h, w] renders [C, R, 3, 32, 32], or their latents when ``vae`` is given
-    (whose decodings the checker then scores)."""
+    (whose decodings the checker then scores). ``encoder``: a feature encoder (key -> [N, L, D])
+    instead of the flattened raw key; ``shift``: the offset range of its ShiftedEncoders."""
     C, R = bank.shape[:2]
     P = int(values["positives"])
     g = torch.Generator().manual_seed(seed)
@@ -105,6 +115,8 @@ def run_variant(
     options = DriftOptions(mask_self=bool(values["mask_self"]), affinity_floor=values["affinity_floor"])
 
     def key(t: torch.Tensor) -> dict[str, torch.Tensor]:
+        if encoder is not None:
+            return encoder(t)
         return {"raw": t.flatten(1)[:, None, :]}  # one location, D = c*h*w
 
     rows, log_at = [], {round(i * steps / 4) for i in range(5)}
@@ -129,9 +141,15 @@ def run_variant(
             break
         pick = torch.stack([torch.randperm(R, generator=g)[:P] for _ in range(C)])  # [C, P]
         pos = bank[torch.arange(C)[:, None], pick]  # [C, P, c, h, w]
-        extra = {"raw": pos[:, 1:].flatten(2)[:, :, None, :]} if P > 1 else None
+        if shift:
+            set_shift(encoder, shift_offset(shift, seed, step))
+        with torch.no_grad():
+            pos_keys = key(pos[:, 0])
+            extra = None
+            if P > 1:  # key -> [C, P - 1, L, D]
+                extra = {k: v.unflatten(0, (C, P - 1)) for k, v in key(pos[:, 1:].flatten(0, 1)).items()}
         loss, _ = text_to_image_drift_loss(
-            key(x), key(pos[:, 0]), samples, torch.ones(C), torch.arange(C), options, extra_positives=extra
+            key(x), pos_keys, samples, torch.ones(C), torch.arange(C), options, extra_positives=extra
         )
         opt.zero_grad()
         loss.backward()
@@ -150,7 +168,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-noise", type=float, default=0.05, help="std of the samples' start noise")
     parser.add_argument("--variant", type=parse_variant, action="append", help="NAME:key=value,...")
     parser.add_argument("--vae", default=None, help="probe in this AutoencoderKL's latent space (folder)")
+    parser.add_argument("--mae", default=None, help="a trained ResNetMAE folder (--space mae, mae+raw)")
+    parser.add_argument("--space", choices=["raw", "mae", "mae+raw"], default="raw", help="the field's keys")
+    parser.add_argument(
+        "--shift", type=int, default=0, help="random input shift of the MAE (features.random_shift)"
+    )
     args = parser.parse_args(argv)
+    if (args.space != "raw") != (args.mae is not None):
+        parser.error("argument --space: mae and mae+raw need --mae FOLDER, and --mae needs one of them")
+    if args.shift and args.space == "raw":
+        parser.error("argument --shift: moves the MAE's input; use it with --space mae or mae+raw")
+    if args.shift < 0:
+        parser.error(f"argument --shift: must be >= 0, got {args.shift}")
+    if args.vae is not None and args.mae is not None:
+        parser.error("argument --mae: this probe's MAE reads pixels; drop --vae")
     if not 2 <= args.captions <= 28:
         parser.error(f"argument --captions: must be in [2, 28], got {args.captions}")
     if args.samples < 2 or args.steps < 1:
@@ -165,7 +196,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"argument --vae: {err}")
         with torch.no_grad():
             bank = encode_latents(vae, bank.flatten(0, 1)).unflatten(0, bank.shape[:2]).float().contiguous()
+    encoder = None
+    if args.mae is not None:
+        try:
+            mae: torch.nn.Module = MAEFeatures(args.mae)
+        except (OSError, ValueError) as err:
+            parser.error(f"argument --mae: {err}")
+        mae = ShiftedEncoder(mae) if args.shift else mae
+        parts = {"mae": mae, "raw": RawFeatures()} if args.space == "mae+raw" else {"mae": mae}
+        encoder = MultiFeatureEncoder(parts).eval()
     space = "pixels" if vae is None else f"the latents of {args.vae} {list(bank.shape[2:])}"
+    if encoder is not None:
+        space += f", keys of {args.space} (MAE {args.mae}, shift {args.shift})"
     print(
         f"{len(groups)} captions x 5 layouts in {space}, {args.samples} free samples each starting at "
         f"the mean + N(0, {args.init_noise}^2), {args.steps} Adam steps"
@@ -173,7 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| variant | step | all right | coverage | to mean | to nearest real |")
     print("|---|--:|--:|--:|--:|--:|")
     for name, values in variants:
-        rows = run_variant(groups, bank, values, args.samples, args.steps, args.seed, args.init_noise, vae)
+        rows = run_variant(
+            groups, bank, values, args.samples, args.steps, args.seed, args.init_noise,
+            vae, encoder, args.shift,
+        )  # fmt: skip
         for r in rows:
             print(
                 f"| {name} | {r['step']} | {r['all']:.2f} | {r['coverage']:.2f} | "

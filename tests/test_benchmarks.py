@@ -210,6 +210,44 @@ def test_bench_mode_seeking_runs_in_a_vae_latent_space(tmp_path):
     assert bad.returncode == 2 and "argument --vae" in bad.stderr
 
 
+def test_bench_mode_seeking_puts_mae_keys_in_the_field(tmp_path, monkeypatch, capsys):
+    """--mae/--space: the field gets the MAE's keys (alone or beside raw) and --shift moves the MAE's
+    input every step; without the MAE the option errors name the argument."""
+    from helpers import load_script, tiny_mae
+
+    tiny_mae().save_pretrained(tmp_path / "mae")
+    module = load_script("bench_mode_seeking")
+    seen: list[list[str]] = []
+    offsets: list[tuple[int, int]] = []
+    real_loss, real_set_shift = module.text_to_image_drift_loss, module.set_shift
+
+    def spy_loss(feats, *args, **kwargs):
+        seen.append(sorted(feats))
+        return real_loss(feats, *args, **kwargs)
+
+    def spy_shift(encoder, offset):
+        offsets.append(offset)
+        return real_set_shift(encoder, offset)
+
+    monkeypatch.setattr(module, "text_to_image_drift_loss", spy_loss)
+    monkeypatch.setattr(module, "set_shift", spy_shift)
+    argv = ["--captions", "2", "--samples", "2", "--steps", "4", "--mae", str(tmp_path / "mae")]
+    assert module.main([*argv, "--space", "mae+raw", "--shift", "2", "--variant", "a:positives=3"]) == 0
+    assert "raw/flat" in seen[0] and any(k.startswith("mae.") for k in seen[0])
+    assert len(offsets) == 4 and len(set(offsets)) > 1  # one offset per step, not all the same
+    seen.clear()
+    assert module.main([*argv, "--space", "mae", "--variant", "a:positives=1"]) == 0
+    assert all(k.startswith("mae") for k in seen[0])  # mae.s1.b2/loc, ..., mae/input_rms
+    for bad, word in (
+        (["--space", "mae"], "--space"),
+        (["--shift", "2"], "--shift"),
+        (["--mae", str(tmp_path / "mae" / "missing"), "--space", "mae"], "--mae"),
+    ):
+        with pytest.raises(SystemExit) as err:
+            module.main(["--steps", "1", *bad])
+        assert err.value.code == 2 and f"argument {word}" in capsys.readouterr().err
+
+
 def test_bench_augment_prints_both_rates_and_their_ratio(capsys):
     from helpers import load_script
 
