@@ -24,6 +24,9 @@ encoders' input by one random offset per step, as the recipes' ``features.random
 ``--two-positives`` gives every image's samples a second, different positive (what a generator
 faces while it cannot yet tell similar captions apart) and reports whether they end at the pixel
 mean of the two, at one of them, or elsewhere; ``--grid out.png`` shows the samples.
+``--contrast 0.5`` runs no probe: it prints, per space, how far each image at half its contrast is
+from the image, relative to another image, over the keys (median, max, which keys see it at all).
+An MAE with GroupNorm after its stem sees contrast only through its input-RMS key.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ from torchvision.utils import save_image
 from t2i_drift.data import OpenMojiDataset, ShapesDataset
 from t2i_drift.drifting import DriftOptions
 from t2i_drift.drifting.feature_sets import FIELD_NORM_SCOPES, FieldNormScope
-from t2i_drift.eval.identity_probe import PASS_RATIO, PROBE_LOSSES, PROBE_OPTIMIZERS, identity_probe
+from t2i_drift.eval.identity_probe import (
+    PASS_RATIO,
+    PROBE_LOSSES,
+    PROBE_OPTIMIZERS,
+    contrast_blindness,
+    identity_probe,
+)
 from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.shifted_encoder import ShiftedEncoder, set_shift
 from t2i_drift.models.vae import encode_latents, load_vae
@@ -173,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16, help="real images probed")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0, help="picks the images and the start")
+    parser.add_argument(
+        "--contrast",
+        type=float,
+        default=None,
+        help="instead of the probe: per space, how far the images at this factor of their contrast "
+        "are from them, relative to another image, per key (median, max; 0: blind to contrast)",
+    )
     parser.add_argument("--losses", nargs="+", default=["drift", "feat-mse"], choices=list(PROBE_LOSSES))
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--require-pass", action="store_true", help="exit 1 when a drift row fails")
@@ -198,6 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         _recipe_space(args, parser) if args.config else _named_spaces(args, parser)
     )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.contrast is not None:
+        for name, encoder, real in spaces:
+            ratios = contrast_blindness(encoder.to(device), real.to(device), args.contrast)
+            values = torch.tensor(list(ratios.values()))
+            above = sorted(k for k, v in ratios.items() if v > 0.01)
+            names = f" ({', '.join(above)})" if 0 < len(above) <= 4 else ""
+            print(
+                f"{name:<22} contrast x{args.contrast}: distance / other image, over {len(ratios)} keys: "
+                f"median {values.median():.3f}, max {values.max():.3f}; {len(above)} keys above 0.01{names}"
+            )
+        return 0
     print(
         f"{'space':<22} {'loss':<12} "
         + " ".join(f"{'step':>5} {'own':>6} {'other':>6} |" for _ in range(5))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from t2i_drift.data import ShapesDataset
-from t2i_drift.eval.identity_probe import identity_probe
+from t2i_drift.eval.identity_probe import contrast_blindness, identity_probe
 from t2i_drift.models import RawFeatures
 
 ROOT = Path(__file__).parent.parent
@@ -160,3 +160,26 @@ def test_probe_script_two_positives_reports_where_samples_end_and_draws_them(tmp
     assert Image.open(grid).size == (4 * (32 * 4 + 2) + 2, 3 * (32 * 4 + 2) + 2)  # 3 rows of 4, padding 2
     with pytest.raises(SystemExit):
         _script().main([*args, "--require-pass"])
+
+
+def test_contrast_blindness_finds_the_mae_blind_to_contrast_and_raw_not(tmp_path, capsys):
+    """A GroupNorm right after the MAE's linear stem makes every map invariant to scaling the
+    image: only the input-RMS key sees a faded copy; the raw key and a space without that norm do."""
+    from helpers import tiny_mae
+
+    from t2i_drift.models import MAEFeatures
+
+    real = _real()
+    mae = contrast_blindness(MAEFeatures(tiny_mae(sample_size=16)), real, scale=0.5)
+    assert mae["mae/input_rms"] > 0.1
+    assert max(v for k, v in mae.items() if k != "mae/input_rms") < 1e-6
+    assert contrast_blindness(RawFeatures(), real)["raw/flat"] > 0.1
+    assert contrast_blindness(_MeanColour(), real)["colour/mean"] > 0.1
+    with pytest.raises(ValueError, match="at least 2"):
+        contrast_blindness(RawFeatures(), real[:1])
+    tiny_mae().save_pretrained(tmp_path / "mae")
+    assert _script().main(["--data", "shapes", "--spaces", "mae", "raw", "--mae", str(tmp_path / "mae"),
+                           "--images", "4", "--contrast", "0.5"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "median 0.000" in out and "1 keys above 0.01 (mae/input_rms)" in out
+    assert "1 keys above 0.01 (raw/flat)" in out and "step" not in out  # no probe rows

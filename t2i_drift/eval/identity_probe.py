@@ -23,6 +23,13 @@ Losses:
 
 An encoder that fails (EfficientNet-Lite0's ImageNet features: the samples match the features
 and move away from the image) teaches a generator textures, not the caption's image.
+
+    contrast_blindness(encoder, real, scale=0.5)   # key -> how far scale * image is, in that key,
+                                                   # relative to another image (0: blind to contrast)
+
+An encoder with a normalization right after a linear stem (the ResNet MAE's GroupNorm) cannot see
+the images' contrast: only a key outside the encoder (raw, the input RMS) can then pull a sample's
+contrast toward its image.
 """
 
 from __future__ import annotations
@@ -189,3 +196,19 @@ def identity_probe(
         opt.step()
     samples_out = x.detach().view(N, samples, *real.shape[1:]).cpu()
     return ProbeResult(loss=loss, rows=rows, grad0=grad0, samples=samples_out)
+
+
+@torch.no_grad()
+def contrast_blindness(encoder: torch.nn.Module, real: torch.Tensor, scale: float = 0.5) -> dict[str, float]:
+    """Per key of ``encoder``: the mean squared feature distance between each image of ``real``
+    [N, C, H, W] (values in [-1, 1]) and the same image at ``scale`` times its contrast (around 0,
+    the grey of the [-1, 1] range), divided by the distance between each image and another image
+    of the set (image n - 1). 0: the key cannot tell an image from its faded copy; 1: the faded
+    copy is as far as a different image."""
+    if real.shape[0] < 2:
+        raise ValueError(f"need at least 2 images, got {real.shape[0]}")
+    own, faded, other = encoder(real), encoder(scale * real), encoder(real.roll(1, 0))
+    return {
+        k: ((faded[k] - own[k]).pow(2).mean() / (other[k] - own[k]).pow(2).mean().clamp_min(1e-12)).item()
+        for k in own
+    }
