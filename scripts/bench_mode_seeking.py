@@ -30,6 +30,7 @@ is the flattened latent, the checker scores their decodings, and the distances a
 the raw key, or alone), each key normalized on its own as in training, and ``--shift S`` moves the
 MAE's input by one random offset in [-S, S] per step (``features.random_shift``): does the MAE's
 field seek the caption's modes where several different images share it, the paper's setting?
+``--resolution 128`` renders the captions' images at that side: does the raw key still rank them there?
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, float]]:
     return name or spec, values
 
 
-def caption_bank(captions: int) -> tuple[list, torch.Tensor]:
-    """The first ``captions`` five-layout training captions and their renders [C, 20, 3, 32, 32]."""
+def caption_bank(captions: int, resolution: int = 32) -> tuple[list, torch.Tensor]:
+    """The first ``captions`` five-layout training captions and their renders [C, 20, 3, R, R]."""
     groups = [
         g
         for g in caption_groups([s for s in all_scenes() if not s.held_out], ["position"]).values()
@@ -79,7 +80,7 @@ def caption_bank(captions: int) -> tuple[list, torch.Tensor]:
     renders = []
     for c, group in enumerate(groups):
         images = [
-            render_scene(group[k % len(group)], 32, seed=1000 * c + k)
+            render_scene(group[k % len(group)], resolution, seed=1000 * c + k)
             for k in range(len(group) * RENDERS_PER_LAYOUT)
         ]
         renders.append(torch.stack([torch.from_numpy(i).permute(2, 0, 1) for i in images]))
@@ -100,7 +101,7 @@ def run_variant(
 ) -> list[dict[str, float]]:
     """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``.
 
-    ``bank``: [C, R, c, h, w] renders [C, R, 3, 32, 32], or their latents when ``vae`` is given
+    ``bank``: [C, R, c, h, w] renders [C, R, 3, res, res], or their latents when ``vae`` is given
     (whose decodings the checker then scores). ``encoder``: a feature encoder (key -> [N, L, D])
     instead of the flattened raw key; ``shift``: the offset range of its ShiftedEncoders."""
     C, R = bank.shape[:2]
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-noise", type=float, default=0.05, help="std of the samples' start noise")
     parser.add_argument("--variant", type=parse_variant, action="append", help="NAME:key=value,...")
     parser.add_argument("--vae", default=None, help="probe in this AutoencoderKL's latent space (folder)")
+    parser.add_argument(
+        "--resolution", type=int, default=32, help="render side in pixels (the field at larger sizes)"
+    )
     parser.add_argument("--mae", default=None, help="a trained ResNetMAE folder (--space mae, mae+raw)")
     parser.add_argument("--space", choices=["raw", "mae", "mae+raw"], default="raw", help="the field's keys")
     parser.add_argument(
@@ -180,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("argument --shift: moves the MAE's input; use it with --space mae or mae+raw")
     if args.shift < 0:
         parser.error(f"argument --shift: must be >= 0, got {args.shift}")
+    if args.resolution < 16 or args.resolution % 8:
+        parser.error(f"argument --resolution: must be a multiple of 8 and >= 16, got {args.resolution}")
     if args.vae is not None and args.mae is not None:
         parser.error("argument --mae: this probe's MAE reads pixels; drop --vae")
     if not 2 <= args.captions <= 28:
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 2 or args.steps < 1:
         parser.error("arguments --samples >= 2 and --steps >= 1 are required")
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
-    groups, bank = caption_bank(args.captions)
+    groups, bank = caption_bank(args.captions, args.resolution)
     vae = None
     if args.vae is not None:
         try:
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         mae = ShiftedEncoder(mae) if args.shift else mae
         parts = {"mae": mae, "raw": RawFeatures()} if args.space == "mae+raw" else {"mae": mae}
         encoder = MultiFeatureEncoder(parts).eval()
-    space = "pixels" if vae is None else f"the latents of {args.vae} {list(bank.shape[2:])}"
+    space = f"{args.resolution} px" if vae is None else f"the latents of {args.vae} {list(bank.shape[2:])}"
     if encoder is not None:
         space += f", keys of {args.space} (MAE {args.mae}, shift {args.shift})"
     print(

@@ -248,6 +248,25 @@ def test_bench_mode_seeking_puts_mae_keys_in_the_field(tmp_path, monkeypatch, ca
         assert err.value.code == 2 and f"argument {word}" in capsys.readouterr().err
 
 
+def test_bench_mode_seeking_renders_at_the_asked_resolution(capsys):
+    """--resolution renders the caption bank at that side (the distances are per pixel, so the
+    start's distance to the mean stays the init noise's variance); a bad side names the argument."""
+    from helpers import load_script
+
+    module = load_script("bench_mode_seeking")
+    assert module.main(["--captions", "2", "--samples", "2", "--steps", "4", "--resolution", "48",
+                        "--variant", "a:positives=2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "in 48 px" in out
+    groups, bank = module.caption_bank(2, 48)
+    assert bank.shape == (2, 20, 3, 48, 48) and len(groups) == 2
+    first = next(line for line in out.splitlines() if line.startswith("| a | 0 |"))
+    assert abs(float(first.split("|")[5]) - 0.05**2) < 5e-4  # N(0, 0.05^2) around the mean
+    with pytest.raises(SystemExit) as err:
+        module.main(["--resolution", "30"])
+    assert err.value.code == 2 and "argument --resolution" in capsys.readouterr().err
+
+
 def test_bench_augment_prints_both_rates_and_their_ratio(capsys):
     from helpers import load_script
 
