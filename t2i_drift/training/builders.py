@@ -22,6 +22,7 @@ from t2i_drift.models.feature_encoders import (
     RawFeatures,
     key_matches,
 )
+from t2i_drift.models.gradient_gate import GradientGate
 from t2i_drift.models.hub_features import HubVisionFeatures
 from t2i_drift.models.shifted_encoder import ShiftedEncoder
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
@@ -200,6 +201,10 @@ def build_feature_encoder(
     if f.mae is not None:
         mae = _mae_features(f, vae)
         encoders["mae"] = ShiftedEncoder(mae) if f.random_shift else mae
+    if f.sure_fraction < 1.0:
+        # Gated on the generator's output (latents in a latent run, before any decoding): the gate
+        # is one weight per generated sample, whatever space the encoder reads.
+        encoders = {name: GradientGate(encoder) for name, encoder in encoders.items()}
     if f.raw is not None:
         encoders["raw"] = RawFeatures()
     if not encoders:

@@ -237,6 +237,13 @@ class FeaturesConfig:
     with a texture tied to that grid (t2i_drift/models/shifted_encoder.py, docs/results.md "A random
     shift"). 0: off (the method). The positives' features then change every step and cannot be
     cached (scripts/cache_features.py --features)."""
+    sure_fraction: float = 1.0
+    """Drifting: the share of each step's generated samples (per process) whose gradient passes
+    through the encoders other than ``raw``: those nearest their paired image in the generator's
+    output space. The others learn from the raw key alone, though every sample still takes part in
+    every key's field. Where the generator's output still stands for several images, a learned
+    encoder's best answer is a texture, the raw key's a blur (t2i_drift/models/gradient_gate.py,
+    docs/results.md "The MAE on OpenMoji"). 1.0: every sample (the method)."""
     channels_last: bool = False
     """Run the frozen convolutional encoders (MAE, EfficientNet) in channels-last memory format
     (faster convolutions on GPUs with bf16; scripts/bench_train.py measures it)."""
@@ -612,6 +619,13 @@ def validate_config(cfg: Config, source: str = "config") -> None:
                 "applies to objective.name=regression only",
             )
         )
+    checks.append(
+        (
+            "features.sure_fraction",
+            cfg.features.sure_fraction == 1.0 or cfg.objective.name == "drifting",
+            "applies to objective.name=drifting only",
+        )
+    )
     for name in FEATURE_ENCODERS:
         encoder = getattr(cfg.features, name)
         checks.append((f"features.{name}.weight", encoder is None or encoder.weight >= 0, "must be >= 0"))
@@ -719,5 +733,11 @@ def _feature_option_checks(f: FeaturesConfig) -> list[tuple[str, bool, str]]:
             "features.random_shift",
             f.random_shift == 0 or any(getattr(f, name) is not None for name in ("effnet", "mae", "hub")),
             "shifts the input of the effnet / mae / hub encoders, but none is configured",
+        ),
+        ("features.sure_fraction", 0.0 < f.sure_fraction <= 1.0, "must be in (0, 1] (1: every sample)"),
+        (
+            "features.sure_fraction",
+            f.sure_fraction == 1.0 or any(getattr(f, name) is not None for name in ("effnet", "mae", "hub")),
+            "gates the effnet / mae / hub encoders' gradient, but none is configured",
         ),
     ]
