@@ -11,7 +11,7 @@ import torch
 from helpers import tiny_mae
 
 from t2i_drift.models import MAEFeatures, MultiFeatureEncoder, RawFeatures
-from t2i_drift.models.gradient_gate import GradientGate, set_gate, sure_gate
+from t2i_drift.models.gradient_gate import GradientGate, patch_errors, set_gate, sure_gate
 from t2i_drift.training.builders import build_feature_encoder
 from t2i_drift.training.config import ConfigError, load_config
 
@@ -55,6 +55,32 @@ def test_gate_keeps_the_features_and_scales_each_samples_gradient():
         gated(x)
 
 
+def test_cell_gate_passes_the_gradient_of_the_open_cells_only():
+    """A gate per 4x4 cell ranks the cells of the whole batch by their error; the gradient reaches
+    exactly the pixels of the open cells."""
+    torch.manual_seed(0)
+    paired = torch.zeros(2, 3, 8, 8)
+    generated = torch.zeros(2, 3, 8, 8)
+    generated[0, :, :4, :4] = 1.0  # sample 0's top-left cell is far, the rest exact
+    generated[1, :, 4:, :] = 0.5  # sample 1's bottom cells are half as far
+    errors = patch_errors(generated, paired, 4)
+    assert errors.shape == (2, 2, 2) and errors[0, 0, 0] == 1.0 and errors[1, 1, 0] == 0.25
+    gate = sure_gate(errors, 0.5)  # 4 of 8 cells: the exact ones, position breaks the ties
+    assert gate.sum() == 4 and gate[0, 0, 0] == 0 and gate[1, 1].sum() == 0
+    assert patch_errors(generated, paired, 0).shape == (2,)
+    with pytest.raises(ValueError, match="must divide"):
+        patch_errors(generated, paired, 3)
+    encoder = GradientGate(RawFeatures())
+    x = generated.clone().requires_grad_(True)
+    set_gate(encoder, gate)
+    grad = torch.autograd.grad(encoder(x)["raw/flat"].sum(), x)[0]
+    expected = gate.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None].expand_as(x)
+    assert torch.equal(grad, expected)
+    set_gate(encoder, torch.ones(2, 3, 3))
+    with pytest.raises(ValueError, match="gate of shape"):
+        encoder(x)
+
+
 def test_builder_gates_every_encoder_but_raw_and_config_errors_name_the_key(tmp_path):
     tiny_mae(sample_size=16).save_pretrained(tmp_path / "mae")
     cfg = load_config(RECIPE, [f"features.mae.path={tmp_path / 'mae'}", "features.sure_fraction=0.5"])
@@ -69,11 +95,19 @@ def test_builder_gates_every_encoder_but_raw_and_config_errors_name_the_key(tmp_
         load_config(RECIPE, ["features.sure_fraction=0.5", "features.effnet=null"])
     with pytest.raises(ConfigError, match="features.sure_fraction.*drifting only"):
         load_config(RECIPE, ["features.sure_fraction=0.5", "objective.name=regression"])
+    with pytest.raises(ConfigError, match="features.sure_patch.*sure_fraction < 1"):
+        load_config(RECIPE, ["features.sure_patch=4"])
+    with pytest.raises(ConfigError, match="features.sure_patch"):
+        load_config(RECIPE, ["features.sure_patch=-1", "features.sure_fraction=0.5"])
+    cells = load_config(RECIPE, ["features.sure_fraction=0.5", "features.sure_patch=3"])
+    with pytest.raises(ConfigError, match="features.sure_patch=3 must divide the generator's output side 16"):
+        build_feature_encoder(cells.features, cells.data.resolution)
 
 
-def test_trainer_gates_the_samples_farthest_from_their_image(tmp_path, monkeypatch):
-    """Every drifting step sets a gate from each sample's distance to its paired image before
-    encoding the generated samples, and clears it before the positives are encoded."""
+@pytest.mark.parametrize("patch", [0, 4])
+def test_trainer_gates_the_samples_farthest_from_their_image(patch, tmp_path, monkeypatch):
+    """Every drifting step sets a gate from each sample's (or 4x4 cell's) distance to its paired
+    image before encoding the generated samples, and clears it before the positives are encoded."""
     import t2i_drift.training.objectives.drifting as module
     from t2i_drift.training.runs import train_t2i
 
@@ -91,12 +125,14 @@ def test_trainer_gates_the_samples_farthest_from_their_image(tmp_path, monkeypat
 
     monkeypatch.setattr(module, "set_gate", recording_set_gate)
     monkeypatch.setattr(module, "sure_gate", recording_sure_gate)
-    options = ["features.sure_fraction=0.5", "train.max_steps=2", f"train.output_dir={tmp_path}"]
+    options = ["features.sure_fraction=0.5", f"features.sure_patch={patch}", "train.max_steps=2"]
+    options.append(f"train.output_dir={tmp_path}")
     cfg = load_config(RECIPE, options)
     train_t2i(cfg)
     n = cfg.train.batch_size * cfg.drift.samples_per_prompt
     assert len(calls) == 4 and calls[1] is None and calls[3] is None  # set, then cleared, each step
     for gate, err in zip(calls[0::2], errors, strict=True):
-        assert gate.shape == (n,) and gate.sum() == -(-n // 2)
+        side = cfg.data.resolution // 4
+        assert gate.shape == ((n,) if patch == 0 else (n, side, side)) and gate.sum() == -(-gate.numel() // 2)
         assert (err >= 0).all() and err.max() > 0  # squared distances to the paired images
         assert err[gate.bool()].max() <= err[~gate.bool()].min()  # the nearest samples are taught

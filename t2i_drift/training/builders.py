@@ -201,6 +201,12 @@ def build_feature_encoder(
     if f.mae is not None:
         mae = _mae_features(f, vae)
         encoders["mae"] = ShiftedEncoder(mae) if f.random_shift else mae
+    if f.sure_patch:
+        side = resolution // vae_scale_factor(vae) if vae is not None else resolution
+        if side % f.sure_patch:
+            raise ConfigError(
+                f"features.sure_patch={f.sure_patch} must divide the generator's output side {side}"
+            )
     if f.sure_fraction < 1.0:
         # Gated on the generator's output (latents in a latent run, before any decoding): the gate
         # is one weight per generated sample, whatever space the encoder reads.

@@ -244,6 +244,10 @@ class FeaturesConfig:
     every key's field. Where the generator's output still stands for several images, a learned
     encoder's best answer is a texture, the raw key's a blur (t2i_drift/models/gradient_gate.py,
     docs/results.md "The MAE on OpenMoji"). 1.0: every sample (the method)."""
+    sure_patch: int = 0
+    """With ``sure_fraction`` < 1: 0 ranks whole samples; k > 0 ranks k x k cells of the generator's
+    output (pixels, or latent cells) over the batch, so the encoders teach the parts of a sample
+    nearest its paired image (k must divide the output side)."""
     channels_last: bool = False
     """Run the frozen convolutional encoders (MAE, EfficientNet) in channels-last memory format
     (faster convolutions on GPUs with bf16; scripts/bench_train.py measures it)."""
@@ -739,5 +743,11 @@ def _feature_option_checks(f: FeaturesConfig) -> list[tuple[str, bool, str]]:
             "features.sure_fraction",
             f.sure_fraction == 1.0 or any(getattr(f, name) is not None for name in ("effnet", "mae", "hub")),
             "gates the effnet / mae / hub encoders' gradient, but none is configured",
+        ),
+        ("features.sure_patch", f.sure_patch >= 0, "must be >= 0 (0: one gate per sample)"),
+        (
+            "features.sure_patch",
+            f.sure_patch == 0 or f.sure_fraction < 1.0,
+            "applies with features.sure_fraction < 1",
         ),
     ]

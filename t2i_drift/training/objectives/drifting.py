@@ -15,7 +15,7 @@ import torch
 
 from t2i_drift.drifting import DriftOptions, sample_alpha, text_to_image_drift_loss
 from t2i_drift.drifting.feature_sets import lambda_groups
-from t2i_drift.models.gradient_gate import set_gate, sure_gate
+from t2i_drift.models.gradient_gate import patch_errors, set_gate, sure_gate
 from t2i_drift.models.shifted_encoder import set_shift, shift_offset
 from t2i_drift.models.vae import encode_latents
 from t2i_drift.training.builders import build_feature_encoder, feature_key_weights, speed_up_encoder
@@ -142,10 +142,12 @@ class DriftingObjective(TextToImageObjective):
             with timer("features forward"):
                 gated = self.cfg.features.sure_fraction < 1.0
                 if gated:
-                    # Each sample's squared distance to its paired image picks who the learned
-                    # encoders teach this step (features.sure_fraction); raw teaches everyone.
-                    errors = (generated.detach() - real.repeat_interleave(G, 0)).float().pow(2).flatten(1)
-                    set_gate(self.features, sure_gate(errors.mean(1), self.cfg.features.sure_fraction))
+                    # Each sample's (or cell's) squared distance to its paired image picks what the
+                    # learned encoders teach this step (features.sure_*); raw teaches everything.
+                    errors = patch_errors(
+                        generated, real.repeat_interleave(G, 0), self.cfg.features.sure_patch
+                    )
+                    set_gate(self.features, sure_gate(errors, self.cfg.features.sure_fraction))
                 gen_features = self.features(generated)  # key -> [B*G, L, D], with grad
                 if gated:  # the positives pass ungated
                     set_gate(self.features, None)
