@@ -85,8 +85,8 @@ class GradientGate(FrozenEncoder):
 
 
 def set_gate(module: nn.Module, gate: torch.Tensor | None) -> int:
-    """Set ``gate`` [N] (or None) on every GradientGate inside ``module`` (a compiled module's
-    original included); returns how many there are."""
+    """Set ``gate`` ([N], [N, h, w] or None) on every GradientGate inside ``module`` (a compiled
+    module's original included); returns how many there are."""
     module = getattr(module, "_orig_mod", module)
     gates = [m for m in module.modules() if isinstance(m, GradientGate)]
     for m in gates:

@@ -201,15 +201,14 @@ def build_feature_encoder(
     if f.mae is not None:
         mae = _mae_features(f, vae)
         encoders["mae"] = ShiftedEncoder(mae) if f.random_shift else mae
-    if f.sure_patch:
-        side = resolution // vae_scale_factor(vae) if vae is not None else resolution
-        if side % f.sure_patch:
-            raise ConfigError(
-                f"features.sure_patch={f.sure_patch} must divide the generator's output side {side}"
-            )
+    if f.sure_patch and _output_side(resolution, vae) % f.sure_patch:
+        raise ConfigError(
+            f"features.sure_patch={f.sure_patch} must divide the generator's output side "
+            f"{_output_side(resolution, vae)}"
+        )
     if f.sure_fraction < 1.0:
-        # Gated on the generator's output (latents in a latent run, before any decoding): the gate
-        # is one weight per generated sample, whatever space the encoder reads.
+        # Gated on the generator's output (latents in a latent run, before any decoding): one weight
+        # per generated sample or output cell, whatever space the encoder reads.
         encoders = {name: GradientGate(encoder) for name, encoder in encoders.items()}
     if f.raw is not None:
         encoders["raw"] = RawFeatures()
@@ -221,12 +220,15 @@ def build_feature_encoder(
     return encoder
 
 
+def _output_side(resolution: int, vae: AutoencoderKL | None) -> int:
+    """The side of the generator's output: pixels, or latent cells in a latent run."""
+    return resolution // vae_scale_factor(vae) if vae is not None else resolution
+
+
 def _check_random_shift(shift: int, resolution: int, vae: AutoencoderKL | None, latent_encoder: bool) -> None:
     """``features.random_shift`` is smaller than every input it shifts (pixels, and the latent side
     when an MAE reads latents)."""
-    side = resolution
-    if vae is not None and latent_encoder:
-        side = resolution // vae_scale_factor(vae)
+    side = _output_side(resolution, vae) if latent_encoder else resolution
     if shift >= side:
         raise ConfigError(
             f"features.random_shift={shift} must be smaller than the encoder input's side {side}"
