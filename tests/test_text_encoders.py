@@ -259,8 +259,12 @@ def test_embedding_cache_concurrent_writers_never_lose_a_shard(folders, tmp_path
 
     import t2i_drift.text.cache as cache_module
 
-    tokenizer, model = load_text_encoder(folders["clip_proj"])
-    conditioner = TextConditioner([TextEncoderSlot(model, tokenizer, 16)])
+    # One conditioner per writer, as in the real case of one per process: a fast tokenizer keeps
+    # its padding state on the object, so two threads sharing one can corrupt each other's batch.
+    conditioners = []
+    for _ in range(2):
+        tokenizer, model = load_text_encoder(folders["clip_proj"])
+        conditioners.append(TextConditioner([TextEncoderSlot(model, tokenizer, 16)]))
     barrier = threading.Barrier(2, timeout=60)
     real_save = cache_module.save_file
 
@@ -270,18 +274,23 @@ def test_embedding_cache_concurrent_writers_never_lose_a_shard(folders, tmp_path
 
     monkeypatch.setattr(cache_module, "save_file", racing_save)
     sets = (["teapot", "rocket"], ["a red apple on a table", "sun"])
-    threads = [
-        threading.Thread(
-            target=TextEmbeddingCache(tmp_path, conditioner).get, args=(c,), kwargs={"progress": False}
-        )
-        for c in sets
-    ]
+    errors: list[BaseException] = []
+
+    def write(conditioner: TextConditioner, captions: list[str]) -> None:
+        try:
+            TextEmbeddingCache(tmp_path, conditioner).get(captions, progress=False)
+        except BaseException as error:  # surfaced below: a thread's exception is otherwise only a warning
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=write, args=(k, c)) for k, c in zip(conditioners, sets, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     monkeypatch.setattr(cache_module, "save_file", real_save)
-    _, encoded = TextEmbeddingCache(tmp_path, conditioner).get(sets[0] + sets[1], progress=False)
+    assert not errors, errors
+    _, encoded = TextEmbeddingCache(tmp_path, conditioners[0]).get(sets[0] + sets[1], progress=False)
     assert encoded == 0
 
 
