@@ -87,6 +87,19 @@ def test_loss_counts_only_masked_cells():
     torch.testing.assert_close(masked_mse(shifted, x, mask), out.loss)
 
 
+def test_input_noise_corrupts_the_encoder_input_and_not_the_target():
+    """augment.noise_std: the encoder sees sample + noise, the loss compares with the clean sample."""
+    model = tiny_mae()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    noise = 0.3 * torch.randn_like(x)
+    mask = model.random_mask(2, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = model(x, mask=mask, input_noise=noise)
+    on_noisy = model(x + noise, mask=mask)
+    torch.testing.assert_close(out.reconstruction, on_noisy.reconstruction)
+    torch.testing.assert_close(out.loss, masked_mse(out.reconstruction, x, mask))
+    assert not torch.allclose(out.loss, on_noisy.loss)  # that one's target is the noisy input
+
+
 def test_classification_head_and_config_errors():
     model = tiny_mae(num_classes=5)
     x = torch.randn(3, 3, 32, 32)
@@ -252,6 +265,7 @@ def tiny_overrides(out: Path, *extra: str) -> list[str]:
         ("data.resolution=30", "data.resolution"),
         ("data.name=webdataset", "data.path"),  # any source works; shards need a path
         ("augment.crop_scale=[0.5, 0.2]", "augment.crop_scale"),
+        ("augment.noise_std=-0.1", "augment.noise_std"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
@@ -416,11 +430,20 @@ def test_batch_augment_views_equal_torchvision_crops_of_their_boxes():
         torch.testing.assert_close(out[k], ref.flip(-1) if flips[k] else ref, rtol=0, atol=1e-5)
 
 
-def test_augmented_mae_training_changes_the_loss_and_resumes_exactly(straight_run, tmp_path):
+@pytest.mark.parametrize(
+    "augment",
+    [
+        ("augment.crop_scale=[0.3, 1.0]",),
+        ("augment.crop_scale=[1.0, 1.0]", "augment.hflip=false", "augment.noise_std=0.3"),  # noise alone
+    ],
+    ids=["crop", "noise"],
+)
+def test_augmented_mae_training_changes_the_loss_and_resumes_exactly(straight_run, tmp_path, augment):
     """augment.* on: other reconstruction losses than the plain run, and 2 steps straight equal a
-    1-step run resumed with train.max_steps=2 (the views follow the run's checkpointed generator;
-    the resumed run's schedule, not the saved optimizer's rate, sets step 2's learning rate)."""
-    augment = ("augment.crop_scale=[0.3, 1.0]", "finetune.steps=0")
+    1-step run resumed with train.max_steps=2 (the views and the input noise follow the run's
+    checkpointed generator; the resumed run's schedule, not the saved optimizer's rate, sets step 2's
+    learning rate)."""
+    augment = (*augment, "finetune.steps=0")
     straight = tmp_path / "straight"
     train_mae(load_mae_config(None, tiny_overrides(straight, "train.max_steps=2", *augment)))
     resumed = tmp_path / "resumed"
@@ -440,3 +463,8 @@ def test_augmented_mae_training_changes_the_loss_and_resumes_exactly(straight_ru
         return [json.loads(line)["rec_loss"] for line in lines]
 
     assert losses(straight)[0] != losses(straight_run)[0]  # same seed and batch, other views
+    if "augment.noise_std=0.3" in augment:  # the noise itself, not the view settings, changes it
+        quiet = tmp_path / "quiet"
+        without = tuple(a for a in augment if not a.startswith("augment.noise_std"))
+        train_mae(load_mae_config(None, tiny_overrides(quiet, "train.max_steps=1", *without)))
+        assert losses(straight)[0] != losses(quiet)[0]

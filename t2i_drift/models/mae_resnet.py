@@ -336,6 +336,7 @@ class ResNetMAE(ModelMixin, ConfigMixin):
         generator: torch.Generator | None = None,
         classify: bool = False,
         return_dict: bool = True,
+        input_noise: torch.Tensor | None = None,
     ) -> MAEOutput | tuple:
         """Mask, encode, decode; the loss counts masked cells only (:func:`masked_mse`).
 
@@ -345,6 +346,8 @@ class ResNetMAE(ModelMixin, ConfigMixin):
             generator: the RNG of the mask draw.
             classify: also return logits of the unmasked sample (fine-tune phase; one more
                 encoder pass). Part of ``forward`` so DDP sees every parameter it trains.
+            input_noise: [N, C_in, H, W] added to the encoder's input only; the reconstruction
+                target stays ``sample`` (a denoising MAE).
         Returns:
             :class:`MAEOutput` (loss, reconstruction, mask, logits) or the same as a tuple.
         """
@@ -357,7 +360,8 @@ class ResNetMAE(ModelMixin, ConfigMixin):
         # A learned per-channel token, not zeros: 0 is mid-grey in pixel space (the shapes
         # background) and the mean in latent space, so zeros would look like real content.
         token = self.mask_token.to(sample.dtype).view(1, C_in, 1, 1)
-        x = sample * (1 - mask) + token * mask  # [N, C_in, H, W]
+        corrupted = sample if input_noise is None else sample + input_noise
+        x = corrupted * (1 - mask) + token * mask  # [N, C_in, H, W]
 
         stage_outs = list(self._encode(x).values())  # [N, C*2^i, H/s/2^i, W/s/2^i] per stage
         grid = stage_outs[0].shape[-2:]  # (H/s, W/s)

@@ -66,6 +66,11 @@ class AugmentConfig:
     """RandomResizedCrop area range (official: 0.2-1), resized back to the input size."""
     hflip: bool = True
     """Flip half of the views left-right (official: yes)."""
+    noise_std: float = 0.0
+    """Std of Gaussian noise added to the encoder's input in pretraining (pixels in [-1, 1], or
+    scaled latents); the reconstruction target stays the clean view: a denoising MAE, whose features
+    change less under small input perturbations (docs/method.md section 4). 0: off (official).
+    Noise alone: ``crop_scale: [1.0, 1.0]`` (every crop is then the whole view) and ``hflip: false``."""
 
 
 def _mae_optim() -> OptimConfig:
@@ -127,6 +132,7 @@ def validate_mae_config(cfg: MAEConfig, source: str = "config") -> None:
             ),
             "must be [min, max] with 0 < min <= max <= 1",
         ),
+        ("augment.noise_std", cfg.augment is None or cfg.augment.noise_std >= 0, "must be >= 0 (0: off)"),
         ("finetune.learning_rate", cfg.finetune.learning_rate > 0, "must be > 0"),
         ("finetune.reconstruction_weight", cfg.finetune.reconstruction_weight >= 0, "must be >= 0"),
         ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),

@@ -2,8 +2,8 @@
 an optional classification fine-tune.
 
     images [B, 3, R, R] in [-1, 1] (-> crop + flip views, augment) (-> scaled VAE latents, model.vae)
-    -> pretraining (steps 0 .. train.max_steps - 1): mask half the 2x2 patches, reconstruct,
-       MSE on the masked cells
+    -> pretraining (steps 0 .. train.max_steps - 1): mask half the 2x2 patches (and add
+       augment.noise_std noise to the input only), reconstruct the clean input, MSE on the masked cells
     -> fine-tune (the next finetune.steps, data with labels only): cross-entropy of the
        unmasked input's class + finetune.reconstruction_weight * the masked MSE
 
@@ -137,8 +137,14 @@ class MAEObjective(Objective):
             x = self.augment(x, self.rng)  # per-image crop and flip, same shape
         if self.vae is not None:
             x = encode_latents(self.vae, x)  # [B, C_lat, R/f, R/f]
+        noise = None
+        noise_std = 0.0 if self.cfg.augment is None else self.cfg.augment.noise_std
+        if noise_std > 0 and not finetuning:
+            # From the run's generator, like the mask: a resumed run draws the same noise.
+            noise = torch.randn(x.shape, generator=self.rng, device=self.rng.device).to(x.device, x.dtype)
+            noise = noise * noise_std
         with self.accelerator.autocast():
-            out = model(x, generator=self.rng, classify=finetuning)
+            out = model(x, generator=self.rng, classify=finetuning, input_noise=noise)
         stats = {"rec_loss": out.loss.detach()}
         if not finetuning:
             return out.loss, stats
