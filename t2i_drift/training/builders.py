@@ -201,10 +201,10 @@ def build_feature_encoder(
     if f.mae is not None:
         mae = _mae_features(f, vae)
         encoders["mae"] = ShiftedEncoder(mae) if f.random_shift else mae
-    if f.sure_patch and _output_side(resolution, vae) % f.sure_patch:
+    side = _output_side(resolution, vae)
+    if f.sure_patch and side % f.sure_patch:
         raise ConfigError(
-            f"features.sure_patch={f.sure_patch} must divide the generator's output side "
-            f"{_output_side(resolution, vae)}"
+            f"features.sure_patch={f.sure_patch} must divide the generator's output side {side}"
         )
     if f.sure_fraction < 1.0:
         # Gated on the generator's output (latents in a latent run, before any decoding): one weight

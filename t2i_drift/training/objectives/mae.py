@@ -141,8 +141,8 @@ class MAEObjective(Objective):
         noise_std = 0.0 if self.cfg.augment is None else self.cfg.augment.noise_std
         if noise_std > 0 and not finetuning:
             # From the run's generator, like the mask: a resumed run draws the same noise.
-            noise = torch.randn(x.shape, generator=self.rng, device=self.rng.device).to(x.device, x.dtype)
-            noise = noise * noise_std
+            noise = noise_std * torch.randn(x.shape, generator=self.rng, device=self.rng.device)
+            noise = noise.to(x.device, x.dtype)
         with self.accelerator.autocast():
             out = model(x, generator=self.rng, classify=finetuning, input_noise=noise)
         stats = {"rec_loss": out.loss.detach()}
