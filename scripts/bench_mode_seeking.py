@@ -31,6 +31,17 @@ the raw key, or alone), each key normalized on its own as in training, and ``--s
 MAE's input by one random offset in [-S, S] per step (``features.random_shift``): does the MAE's
 field seek the caption's modes where several different images share it, the paper's setting?
 ``--resolution 128`` renders the captions' images at that side: does the raw key still rank them there?
+
+``--data photos`` replaces the shapes by textured natural images (t2i_drift/data/photos.py): each
+of ``--captions`` subjects (brick wall, grass, gravel, the moon, ...) has 20 random crops of its
+photograph, and the samples start at the mean crop. There is no checker; instead of ``all`` and
+``coverage`` the rows give ``landed``, the share of samples at most a quarter as far from their
+nearest real crop as the mean crop is, ``distinct``, the share of a caption's samples whose nearest
+crops differ, and ``detail``, the samples' squared difference between neighbouring pixels over the
+real crops' (about 1 for a texture like the real ones, near 0 for a blur, above 1 for noise).
+On textures the mean crop is nearer to every crop than the crops are to each other: the case
+where the paper says raw distances stop ranking images. ``--space effnet`` or ``effnet+raw`` puts
+the ImageNet EfficientNet-Lite0's keys (blocks 2, 4 and 10 at 64 px) in the field.
 """
 
 from __future__ import annotations
@@ -40,10 +51,12 @@ import sys
 
 import torch
 
+from t2i_drift.data.photos import PHOTOS, photo_crops
 from t2i_drift.data.shapes import all_scenes, caption_groups, render_scene
 from t2i_drift.drifting import DriftOptions, text_to_image_drift_loss
+from t2i_drift.eval.detail import detail_ratio
 from t2i_drift.eval.shapes import group_accuracy
-from t2i_drift.models import MAEFeatures, MultiFeatureEncoder, RawFeatures
+from t2i_drift.models import EfficientNetLite0Features, MAEFeatures, MultiFeatureEncoder, RawFeatures
 from t2i_drift.models.shifted_encoder import ShiftedEncoder, set_shift, shift_offset
 from t2i_drift.models.vae import decode_latents, encode_latents, load_vae
 
@@ -87,8 +100,25 @@ def caption_bank(captions: int, resolution: int = 32) -> tuple[list, torch.Tenso
     return groups, torch.stack(renders).float() / 127.5 - 1.0
 
 
+def photo_bank(captions: int, resolution: int = 32) -> tuple[None, torch.Tensor]:
+    """The first ``captions`` photo subjects' crops [C, 20, 3, R, R] (no checker groups)."""
+    return None, photo_crops(list(PHOTOS)[:captions], 5 * RENDERS_PER_LAYOUT, resolution)
+
+
+def photo_metrics(xs: torch.Tensor, bank: torch.Tensor, mean: torch.Tensor) -> dict[str, float]:
+    """``landed``, ``distinct`` and ``detail`` (see the module docstring) of samples xs [C, S, c, h, w]
+    against the crops bank [C, R, c, h, w] and their mean [C, c, h, w]."""
+    C, S = xs.shape[:2]
+    dist = torch.cdist(xs.flatten(2), bank.flatten(2)).pow(2) / xs[0, 0].numel()  # [C, S, R]
+    mean_nearest = torch.cdist(mean.flatten(1)[:, None], bank.flatten(2)).pow(2) / xs[0, 0].numel()
+    landed = dist.min(-1).values <= 0.25 * mean_nearest.min(-1).values  # [C, S]
+    nearest = dist.argmin(-1)  # [C, S]
+    distinct = sum(len(set(row.tolist())) for row in nearest) / (C * S)
+    return {"landed": landed.float().mean().item(), "distinct": distinct, "detail": detail_ratio(xs, bank)}
+
+
 def run_variant(
-    groups: list,
+    groups: list | None,
     bank: torch.Tensor,
     values: dict[str, float],
     samples: int,
@@ -99,7 +129,8 @@ def run_variant(
     encoder: torch.nn.Module | None = None,
     shift: int = 0,
 ) -> list[dict[str, float]]:
-    """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``.
+    """Rows (step, all, coverage, to_mean, to_nearest) at 0, 1/4, ..., 4/4 of ``steps``; with
+    ``groups`` None (photos: no checker) landed, distinct and detail instead of all and coverage.
 
     ``bank``: [C, R, c, h, w] renders [C, R, 3, res, res], or their latents when ``vae`` is given
     (whose decodings the checker then scores). ``encoder``: a feature encoder (key -> [N, L, D])
@@ -126,18 +157,19 @@ def run_variant(
             with torch.no_grad():
                 xs = x.detach()
                 images = xs if vae is None else decode_latents(vae, xs).float()
-                acc = group_accuracy(images.clamp(-1, 1), [grp for grp in groups for _ in range(samples)])
                 per = xs.view(C, samples, -1)
                 nearest = torch.cdist(per, bank.view(C, R, -1)).min(-1).values.pow(2) / per.shape[-1]
-                rows.append(
-                    {
-                        "step": step,
-                        "all": acc["all_attributes"],
-                        "coverage": acc["coverage"],
-                        "to_mean": (per - mean.view(C, 1, -1)).pow(2).mean().item(),
-                        "to_nearest": nearest.mean().item(),
-                    }
-                )
+                row = {
+                    "step": step,
+                    "to_mean": (per - mean.view(C, 1, -1)).pow(2).mean().item(),
+                    "to_nearest": nearest.mean().item(),
+                }
+                if groups is None:
+                    row.update(photo_metrics(xs.view(C, samples, *xs.shape[1:]), bank, mean))
+                else:
+                    acc = group_accuracy(images.clamp(-1, 1), [grp for grp in groups for _ in range(samples)])
+                    row.update(all=acc["all_attributes"], coverage=acc["coverage"])
+                rows.append(row)
         if step == steps:
             break
         pick = torch.stack([torch.randperm(R, generator=g)[:P] for _ in range(C)])  # [C, P]
@@ -162,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--captions", type=int, default=16, help="five-layout captions (at most 28)")
+    parser.add_argument(
+        "--captions",
+        type=int,
+        default=None,
+        help="shapes: five-layout captions (default 16, at most 28); photos: subjects (default all 14)",
+    )
     parser.add_argument("--samples", type=int, default=4, help="free samples per caption (G)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
@@ -173,27 +210,45 @@ def main(argv: list[str] | None = None) -> int:
         "--resolution", type=int, default=32, help="render side in pixels (the field at larger sizes)"
     )
     parser.add_argument("--mae", default=None, help="a trained ResNetMAE folder (--space mae, mae+raw)")
-    parser.add_argument("--space", choices=["raw", "mae", "mae+raw"], default="raw", help="the field's keys")
+    parser.add_argument(
+        "--space",
+        choices=["raw", "mae", "mae+raw", "effnet", "effnet+raw"],
+        default="raw",
+        help="the field's keys",
+    )
+    parser.add_argument(
+        "--data",
+        choices=["shapes", "photos"],
+        default="shapes",
+        help="caption bank: shapes layouts or photo crops",
+    )
     parser.add_argument(
         "--shift", type=int, default=0, help="random input shift of the MAE (features.random_shift)"
     )
     args = parser.parse_args(argv)
-    if (args.space != "raw") != (args.mae is not None):
+    if args.space.startswith("mae") != (args.mae is not None):
         parser.error("argument --space: mae and mae+raw need --mae FOLDER, and --mae needs one of them")
     if args.shift and args.space == "raw":
-        parser.error("argument --shift: moves the MAE's input; use it with --space mae or mae+raw")
+        parser.error("argument --shift: moves the encoder's input; use it with a --space other than raw")
     if args.shift < 0:
         parser.error(f"argument --shift: must be >= 0, got {args.shift}")
     if args.resolution < 16 or args.resolution % 8:
         parser.error(f"argument --resolution: must be a multiple of 8 and >= 16, got {args.resolution}")
     if args.vae is not None and args.mae is not None:
         parser.error("argument --mae: this probe's MAE reads pixels; drop --vae")
-    if not 2 <= args.captions <= 28:
-        parser.error(f"argument --captions: must be in [2, 28], got {args.captions}")
+    most = 28 if args.data == "shapes" else len(PHOTOS)
+    if args.captions is None:
+        args.captions = 16 if args.data == "shapes" else most
+    if not 2 <= args.captions <= most:
+        parser.error(
+            f"argument --captions: must be in [2, {most}] for --data {args.data}, got {args.captions}"
+        )
+    if args.data == "photos" and args.vae is not None:
+        parser.error("argument --vae: the photos probe runs in pixels; use --data shapes")
     if args.samples < 2 or args.steps < 1:
         parser.error("arguments --samples >= 2 and --steps >= 1 are required")
     variants = args.variant or [parse_variant(v) for v in DEFAULT_VARIANTS]
-    groups, bank = caption_bank(args.captions, args.resolution)
+    groups, bank = (caption_bank if args.data == "shapes" else photo_bank)(args.captions, args.resolution)
     vae = None
     if args.vae is not None:
         try:
@@ -203,33 +258,40 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             bank = encode_latents(vae, bank.flatten(0, 1)).unflatten(0, bank.shape[:2]).float().contiguous()
     encoder = None
-    if args.mae is not None:
-        try:
-            mae: torch.nn.Module = MAEFeatures(args.mae)
-        except (OSError, ValueError) as err:
-            parser.error(f"argument --mae: {err}")
-        mae = ShiftedEncoder(mae) if args.shift else mae
-        parts = {"mae": mae, "raw": RawFeatures()} if args.space == "mae+raw" else {"mae": mae}
+    if args.space != "raw":
+        name = args.space.split("+")[0]
+        if name == "mae":
+            try:
+                learned: torch.nn.Module = MAEFeatures(args.mae)
+            except (OSError, ValueError) as err:
+                parser.error(f"argument --mae: {err}")
+        else:
+            learned = EfficientNetLite0Features(blocks=(2, 4, 10), input_size=64)
+        learned = ShiftedEncoder(learned) if args.shift else learned
+        parts = {name: learned, "raw": RawFeatures()} if args.space.endswith("+raw") else {name: learned}
         encoder = MultiFeatureEncoder(parts).eval()
     space = f"{args.resolution} px" if vae is None else f"the latents of {args.vae} {list(bank.shape[2:])}"
     if encoder is not None:
-        space += f", keys of {args.space} (MAE {args.mae}, shift {args.shift})"
+        source = f"MAE {args.mae}" if args.mae else "EfficientNet-Lite0"
+        space += f", keys of {args.space} ({source}, shift {args.shift})"
+    what = "captions x 5 layouts" if groups is not None else "photo subjects x 20 crops"
     print(
-        f"{len(groups)} captions x 5 layouts in {space}, {args.samples} free samples each starting at "
+        f"{bank.shape[0]} {what} in {space}, {args.samples} free samples each starting at "
         f"the mean + N(0, {args.init_noise}^2), {args.steps} Adam steps"
     )
-    print("| variant | step | all right | coverage | to mean | to nearest real |")
-    print("|---|--:|--:|--:|--:|--:|")
+    first = "all right | coverage" if groups is not None else "landed | distinct | detail"
+    print(f"| variant | step | {first} | to mean | to nearest real |")
+    print("|---|--:|--:|--:|--:|--:|" + ("" if groups is not None else "--:|"))
     for name, values in variants:
         rows = run_variant(
             groups, bank, values, args.samples, args.steps, args.seed, args.init_noise,
             vae, encoder, args.shift,
         )  # fmt: skip
         for r in rows:
+            keys = ("all", "coverage") if groups is not None else ("landed", "distinct", "detail")
+            first = " | ".join(f"{r[k]:.2f}" for k in keys)
             print(
-                f"| {name} | {r['step']} | {r['all']:.2f} | {r['coverage']:.2f} | "
-                f"{r['to_mean']:.4f} | {r['to_nearest']:.4f} |",
-                flush=True,
+                f"| {name} | {r['step']} | {first} | {r['to_mean']:.4f} | {r['to_nearest']:.4f} |", flush=True
             )
     return 0
 

@@ -119,6 +119,13 @@ def _dataset(data: dict[str, Any]) -> tuple[str, str, list[str] | None]:
             "The training images are synthetic, rendered by t2i_drift; no third-party data.",
             None,
         )
+    if name == "photos":
+        return (
+            "crops of the sample photographs shipped with scikit-image, captioned by subject",
+            "The training images are crops of scikit-image's sample data (skimage.data); see its "
+            "documentation for each photograph's source and license.",
+            None,
+        )
     hub = [path] if name == "hf" and _is_hub_id(path) else None
     where = f"the Hub dataset [{path}](https://huggingface.co/datasets/{path})" if hub else f"`{path}`"
     kind = "webdataset shards" if name == "webdataset" else "an image-caption dataset"

@@ -29,6 +29,8 @@ def _run(nfe: int, fd: float, acc: float, div: float) -> dict:
         "images_per_s": 1000 / nfe,
         "fd_gen_train": fd,
         "fd_gen_val": fd + 10,
+        "subject_accuracy": acc,
+        "detail": 2 * acc,
         "retrieval_top1": 0.01,
         "retrieval_top5": 0.05,
         "train": attrs,
@@ -47,6 +49,10 @@ def synthetic_evals(data: str) -> dict:
         "scenes": {"train": 788, "heldout": 472},
         "real_renders": {s: {"all_attributes": 1.0, "shape": 1.0} for s in ("train", "heldout")},
         "diversity_split": "train",
+        "subjects": 14,
+        "images_per_subject": 32,
+        "subject_accuracy_real_val": 0.9,
+        "subject_chance": 1 / 14,
         "diversity_prompts": 100,
         "renders_per_caption": 4,
         "diversity": {"within_prompt": {"pixel_rms": 0.05, "effnet_l2": 4.0}, "between_prompts": None},
@@ -92,7 +98,7 @@ def _coloured(image: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
     return np.argwhere((image == np.array(colour)).all(axis=-1))
 
 
-@pytest.mark.parametrize("data", ["openmoji", "shapes"])
+@pytest.mark.parametrize("data", ["openmoji", "shapes", "photos"])
 def test_report_table_and_plot_from_synthetic_results(tmp_path, data):
     evals = synthetic_evals(data)
     summaries = {
@@ -109,7 +115,7 @@ def test_report_table_and_plot_from_synthetic_results(tmp_path, data):
     assert [r[:2] for r in rows[:7]] == [["drifting", "1"], ["regression", "1"]] + [
         ["flow matching", str(n)] for n in NFES
     ]
-    assert len(rows) == (8 if data == "shapes" else 7)  # shapes: plus the real renders' row
+    assert len(rows) == (7 if data == "openmoji" else 8)  # shapes, photos: plus a row of real images
     assert all("| " + " | ".join(r) + " |" in text for r in rows)
     drifting = rows[0]
     assert (
@@ -119,6 +125,9 @@ def test_report_table_and_plot_from_synthetic_results(tmp_path, data):
     )
     if data == "openmoji":
         assert drifting[5] == "139.1 / 149.1" and "**40.0**" in text and "not FID" in text
+    elif data == "photos":
+        assert drifting[5:8] == ["149.1", "30.0%", "0.60"] and "chance 7.1%" in text
+        assert rows[-1][0].startswith("real validation crops") and rows[-1][5] == "40.0 (training crops)"
     else:
         assert drifting[5] == "30.0% / 15.0%" and rows[-1][0].startswith("real renders")
 
@@ -130,8 +139,8 @@ def test_report_table_and_plot_from_synthetic_results(tmp_path, data):
     assert np.ptp(fm[:, 1]) > 400  # flow matching: a line across the NFE axis
     assert np.ptp(dr[:, 1]) < 20 and np.ptp(rg[:, 1]) < 20  # one-step objectives: one point each
     assert abs(dr[:, 1].mean() - fm[:, 1].min()) < 15  # ... at NFE 1, where the line starts
-    # the y axis is the main metric: openmoji FD drifting 139 < regression 170; shapes drifting higher
-    assert (dr[:, 0].mean() > rg[:, 0].mean()) == (data == "openmoji")
+    # the y axis is the main metric: FD (openmoji, photos) drifting 139 < regression 170; shapes higher
+    assert (dr[:, 0].mean() > rg[:, 0].mean()) == (data != "shapes")
 
 
 def test_training_overrides_and_nfes():

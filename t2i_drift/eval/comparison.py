@@ -46,6 +46,7 @@ class MainMetric:
 MAIN_METRIC = {
     "openmoji": MainMetric(("fd_gen_train",), "FD-EffNetLite0, training captions", False),
     "shapes": MainMetric(("heldout", "all_attributes"), "all attributes right, held-out scenes", True),
+    "photos": MainMetric(("fd_gen_val",), "FD-EffNetLite0, validation crops", False),
 }
 
 
@@ -155,8 +156,10 @@ def table_rows(
         metrics = ["all attributes train / held-out", "held-out count / colour / shape / position / size"]
         if omitted:
             metrics.append("coverage train / held-out")
+    elif data == "photos":
+        metrics = ["FD-EffNetLite0 val", "subject accuracy", "detail"]
     else:
-        raise ValueError(f"data must be openmoji or shapes, got {data!r}")
+        raise ValueError(f"data must be openmoji, shapes or photos, got {data!r}")
     header = [
         "objective",
         "NFE",
@@ -177,6 +180,8 @@ def table_rows(
                     f"{_num(r['fd_gen_train'])} / {_num(r['fd_gen_val'])}",
                     f"{_pct(r['retrieval_top1'])} / {_pct(r['retrieval_top5'])}",
                 ]
+            elif data == "photos":
+                quality = [_num(r["fd_gen_val"]), _pct(r["subject_accuracy"]), _num(r["detail"], 2)]
             else:
                 held = r["heldout"]
                 quality = [
@@ -199,6 +204,21 @@ def table_rows(
                     f"{1000 * r['latency_s_per_image']:.2f} ms",
                 ]
             )
+    if data == "photos" and evals:
+        ref = next(iter(evals.values()))["reference"]
+        div = (ref["diversity"] or {}).get("within_prompt") or {}
+        rows.append(
+            [
+                f"real validation crops ({ref['images_per_subject']} per subject)",
+                *["-"] * 4,
+                f"{_num(ref['fd_real_train_val'])} (training crops)",
+                _pct(ref["subject_accuracy_real_val"]),
+                "1.00",
+                _num(div.get("pixel_rms"), 4),
+                _num(div.get("effnet_l2"), 2),
+                "-",
+            ]
+        )
     if data == "shapes" and evals:
         ref = next(iter(evals.values()))["reference"]
         real, div = ref["real_renders"], (ref["diversity"] or {}).get("within_prompt") or {}
@@ -252,7 +272,7 @@ def plot_main_metric(data: str, evals: Mapping[str, Mapping[str, Any]], path: st
             )
         )
     references = []
-    if data == "openmoji" and evals:
+    if data in ("openmoji", "photos") and evals:
         floor = next(iter(evals.values()))["reference"]["fd_real_train_val"]
         references.append(Reference("real vs real floor", floor))
     nfes = sorted({r["nfe"] for e in evals.values() for r in e["runs"]})
@@ -334,6 +354,15 @@ def write_report(
             "OpenMoji has one image per caption, so there is no real within-caption figure; for scale, "
             f"real images of different captions are {_num(between.get('pixel_rms'), 4)} apart in pixel RMS "
             f"and {_num(between.get('effnet_l2'), 2)} in EffNet L2.",
+        ]
+    elif data == "photos":
+        lines += [
+            f"{ref['subjects']} photo subjects, {ref['images_per_subject']} generated images each against "
+            "as many validation crops of the subject (other crops of the same photographs). FD-EffNetLite0 "
+            "over all subjects; the last row's FD is training crops against validation crops (the floor). "
+            "Subject accuracy: the generated image's nearest training crop (cosine, EfficientNet-Lite0) "
+            f"shows its subject (chance {_pct(ref['subject_chance'])}). Detail: neighbouring-pixel "
+            "difference energy over the real crops' (1: as detailed as real, near 0: a blur).",
         ]
     elif ref.get("shapes_omit"):
         captions = ref.get("captions", {})

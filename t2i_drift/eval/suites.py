@@ -9,6 +9,13 @@ checker's ceiling, real-image diversity) and then scores any number of (pipeline
     sorted list) against their real images, and of the validation captions against theirs, next to
     the floor (the real training images against the real validation images); paired retrieval
     top-1 / top-5 of the generated training images; per-prompt diversity; latency.
+``photos``
+    ``num`` images (default 32) for each photo subject, against the validation crops of the subject
+    (32 each, other crops of the same photographs): FD-EffNetLite0 over all subjects, next to the
+    floor (training crops against validation crops); subject accuracy (is a generated image's
+    nearest training crop, cosine in EfficientNet-Lite0 features, of its own subject?) next to the
+    validation crops' own; the detail ratio (eval/detail.py: about 1 for real texture, near 0
+    for a blur); per-prompt diversity against the real crops'; latency.
 ``shapes``
     per-attribute checker accuracy of ``seeds`` images per scene on the ``train`` and ``heldout``
     scenes, next to the real renders' accuracy (the checker's ceiling); per-prompt diversity
@@ -28,7 +35,9 @@ import numpy as np
 import torch
 
 from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.photos import PHOTOS, PhotoCropsDataset
 from t2i_drift.data.shapes import Scene, check_omit
+from t2i_drift.eval.detail import detail_ratio
 from t2i_drift.eval.diversity import diversity
 from t2i_drift.eval.frechet import EffNetLite0Embedder, frechet_distance
 from t2i_drift.eval.generation import (
@@ -49,7 +58,9 @@ from t2i_drift.eval.shapes import (
 )
 from t2i_drift.pipelines import TextToImagePipeline
 
-DATA = ("openmoji", "shapes")
+DATA = ("openmoji", "shapes", "photos")
+DEFAULT_PHOTOS_NUM = 32
+PHOTOS_REFERENCE_CROPS = 64  # most training crops per subject the subject accuracy searches
 DEFAULT_OPENMOJI_NUM = 1000
 
 METRIC_NOTES = {
@@ -60,6 +71,10 @@ METRIC_NOTES = {
     "images of different prompts (between_prompts); pixel_rms: RMS difference in [-1, 1] units; "
     "effnet_l2: Euclidean distance of pooled EfficientNet-Lite0 features",
     "latency": "seconds per image around the pipeline calls (after one warm-up call) at batch_size",
+    "subject": "photos: share of generated images whose nearest training crop (cosine, EfficientNet-Lite0 "
+    "features) shows their own subject",
+    "detail": "photos: mean squared neighbouring-pixel difference of the generated images over the real "
+    "crops', averaged over subjects (1: as detailed as real; near 0: blurs)",
     "shapes": "analytic checker accuracy (t2i_drift/data/shapes.py check_image); heldout scenes use "
     "colour-shape pairs never seen in training",
 }
@@ -203,6 +218,74 @@ class OpenMojiSuite:
         return out
 
 
+def _nearest_label_accuracy(
+    features: np.ndarray, labels: np.ndarray, ref: np.ndarray, ref_labels: np.ndarray
+) -> float:
+    """Share of rows of ``features`` [N, F] whose nearest row of ``ref`` [M, F] (cosine) has their label."""
+    f = features / np.linalg.norm(features, axis=1, keepdims=True).clip(1e-12)
+    r = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
+    return float((ref_labels[(f @ r.T).argmax(1)] == labels).mean())
+
+
+class PhotosSuite:
+    """FD-EffNetLite0, subject accuracy, detail and diversity on the photos set (data/photos.py)."""
+
+    data = "photos"
+
+    def __init__(self, resolution: int, settings: EvalSettings, embedder: EffNetLite0Embedder):
+        self.settings, self.embedder, self.resolution = settings, embedder, resolution
+        self.per_subject = settings.num or DEFAULT_PHOTOS_NUM
+        self.captions = list(PHOTOS)
+        P = len(self.captions)
+        self.reference_crops = min(2 * self.per_subject, PHOTOS_REFERENCE_CROPS)
+        train = PhotoCropsDataset("train", resolution, crops=self.reference_crops)
+        val = PhotoCropsDataset("val", resolution, crops=self.per_subject)
+        real_train = torch.stack([train[i]["pixel_values"] for i in range(len(train))])  # [P*T, 3, R, R]
+        self.real_val = torch.stack([val[i]["pixel_values"] for i in range(len(val))])  # [P*S, 3, R, R]
+        self.labels_train = np.repeat(np.arange(P), self.reference_crops)
+        self.labels_val = np.repeat(np.arange(P), self.per_subject)
+        self.f_real_train = _features(embedder, real_train, "real train")
+        self.f_real_val = _features(embedder, self.real_val, "real val")
+        # the floor: as many training crops per subject as validation crops
+        floor_rows = (
+            np.arange(P)[:, None] * self.reference_crops
+            + np.arange(min(self.per_subject, self.reference_crops))
+        ).ravel()
+        grouped = self.real_val.unflatten(0, (P, self.per_subject))  # [P, S, 3, R, R]
+        self.reference = {
+            "subjects": P,
+            "images_per_subject": self.per_subject,
+            "fd_real_train_val": frechet_distance(self.f_real_train[floor_rows], self.f_real_val),
+            "subject_accuracy_real_val": _nearest_label_accuracy(
+                self.f_real_val, self.labels_val, self.f_real_train, self.labels_train
+            ),
+            "subject_chance": 1 / P,
+            "diversity": diversity(
+                grouped, torch.from_numpy(self.f_real_val).reshape(P, self.per_subject, -1)
+            ),
+        }
+
+    def evaluate(self, pipe: TextToImagePipeline, nfe: int) -> dict[str, Any]:
+        """Scores of ``pipe`` sampled with ``nfe`` steps (see the module docstring)."""
+        s = self.settings
+        P, S = len(self.captions), self.per_subject
+        kwargs = {"guidance_scale": s.guidance_scale, **steps_kwargs(pipe, nfe)}
+        captions = [c for c in self.captions for _ in range(S)]
+        gen = generate_images(pipe, captions, s.seed, s.batch_size, kwargs, desc="gen photos")
+        f_gen = _features(self.embedder, gen.images, "gen photos")
+        grouped = gen.images.unflatten(0, (P, S))  # [P, S, 3, R, R]
+        out = _timing(pipe, nfe, s.guidance_scale, [gen])
+        out.update(
+            fd_gen_val=frechet_distance(f_gen, self.f_real_val),
+            subject_accuracy=_nearest_label_accuracy(
+                f_gen, self.labels_val, self.f_real_train, self.labels_train
+            ),
+            detail=detail_ratio(grouped, self.real_val.unflatten(0, (P, S))),
+            diversity=diversity(grouped, torch.from_numpy(f_gen).reshape(P, S, -1)),
+        )
+        return out
+
+
 class ShapesSuite:
     """Checker accuracy per attribute and split, diversity and latency on the built-in shapes set.
 
@@ -289,7 +372,7 @@ class ShapesSuite:
         return out
 
 
-Suite = OpenMojiSuite | ShapesSuite
+Suite = OpenMojiSuite | ShapesSuite | PhotosSuite
 
 
 def make_suite(
@@ -299,13 +382,15 @@ def make_suite(
     embedder: EffNetLite0Embedder | None = None,
     splits: Sequence[str] = SPLITS,
 ) -> Suite:
-    """The suite of ``data`` (``openmoji`` or ``shapes``) at ``resolution`` px; builds the real
+    """The suite of ``data`` (``openmoji``, ``shapes`` or ``photos``) at ``resolution`` px; builds the real
     reference now (a few seconds to a minute on a CPU). ``splits``: shapes only."""
     embedder = embedder or EffNetLite0Embedder()
     if data == "openmoji":
         return OpenMojiSuite(resolution, settings, embedder)
     if data == "shapes":
         return ShapesSuite(resolution, settings, embedder, splits)
+    if data == "photos":
+        return PhotosSuite(resolution, settings, embedder)
     raise ValueError(f"data must be one of {DATA}, got {data!r}")
 
 
@@ -351,6 +436,11 @@ def headline(data: str, result: dict[str, Any]) -> str:
         return (
             f"FD-EffNetLite0 train {result['fd_gen_train']:.1f} val {result['fd_gen_val']:.1f}, "
             f"retrieval top-1 {result['retrieval_top1']:.3f}, {div}, {latency}"
+        )
+    if data == "photos":
+        return (
+            f"FD-EffNetLite0 val {result['fd_gen_val']:.1f}, subject {result['subject_accuracy']:.3f}, "
+            f"detail {result['detail']:.2f}, {div}, {latency}"
         )
     splits = [s for s in SPLITS if s in result]
     acc = ", ".join(f"{s} all-attributes {result[s]['all_attributes']:.3f}" for s in splits)

@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL
 
 from t2i_drift.data.hf import HFImageTextDataset, HFStreamingImageTextDataset
 from t2i_drift.data.openmoji import OpenMojiDataset
+from t2i_drift.data.photos import PhotoCropsDataset
 from t2i_drift.data.rendered import RenderedImageCaptionDataset
 from t2i_drift.data.shapes import ShapesDataset
 from t2i_drift.data.source import DataSource, InMemorySource, StreamSource
@@ -26,7 +27,8 @@ from t2i_drift.models.gradient_gate import GradientGate
 from t2i_drift.models.hub_features import HubVisionFeatures
 from t2i_drift.models.shifted_encoder import ShiftedEncoder
 from t2i_drift.models.transformer_drifting import DriftingTransformer2DModel
-from t2i_drift.models.vae import vae_scale_factor
+from t2i_drift.models.vae import load_vae, vae_scale_factor
+from t2i_drift.models.vae_features import AutoencoderFeatures
 from t2i_drift.text.conditioner import TextConditioner, TextEncoderSpec
 from t2i_drift.training.config import (
     FEATURE_ENCODERS,
@@ -99,6 +101,8 @@ def build_in_memory_dataset(data: DataConfig, seed: int) -> RenderedImageCaption
             seed=seed,
             omit=data.shapes_omit,
         )
+    if data.name == "photos":
+        return PhotoCropsDataset(split="train", resolution=data.resolution, max_samples=data.max_samples)
     if data.name != "openmoji":
         raise ValueError(f"data.name={data.name!r} is not a known dataset")
     return OpenMojiDataset(
@@ -188,6 +192,8 @@ def build_feature_encoder(
             )
         except ValueError as err:
             raise ConfigError(f"features.hub.name: {err}") from None
+    if f.vae is not None:
+        pixel["vae"] = _autoencoder_features(f)
     if f.random_shift:
         _check_random_shift(f.random_shift, resolution, vae, latent_encoder=f.mae is not None)
         # The shift applies where each encoder reads: pixels for the pixel encoders (after decoding
@@ -249,6 +255,19 @@ def _check_drop_keys(encoder: MultiFeatureEncoder, resolution: int, vae: Autoenc
             raise ConfigError(f"features.drop_keys: {pattern!r} matches no feature key; the keys are {keys}")
     if all(encoder.dropped(key) for key in keys):
         raise ConfigError(f"features.drop_keys: {list(encoder.drop_keys)} drop every feature key")
+
+
+def _autoencoder_features(f: FeaturesConfig) -> AutoencoderFeatures:
+    try:
+        vae = load_vae(f.vae.path, f.vae.subfolder, key="features.vae.path")
+    except ValueError as err:  # the message names features.vae.path
+        raise ConfigError(str(err)) from None
+    try:
+        return AutoencoderFeatures(
+            vae, maps=f.vae.maps, patch_sizes=f.patch_sizes, per_location=f.per_location, flat=f.vae.flat
+        )
+    except ValueError as err:
+        raise ConfigError(f"features.vae.maps: {err}") from None
 
 
 def _mae_features(f: FeaturesConfig, vae: AutoencoderKL | None) -> MAEFeatures:

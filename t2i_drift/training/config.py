@@ -28,10 +28,11 @@ __all__ = ["Config", "ConfigError", "apply_overrides", "config_from_dict", "load
 
 @dataclass
 class DataConfig:
-    name: Literal["openmoji", "shapes", "hf", "webdataset"] = "openmoji"
+    name: Literal["openmoji", "shapes", "photos", "hf", "webdataset"] = "openmoji"
     """``openmoji`` (built-in captioned emoji), ``shapes`` (built-in compositional set with a
-    checker; t2i_drift/data/shapes.py), ``hf`` (``data.path`` through HF datasets) or
-    ``webdataset`` (tar shards at ``data.path``; t2i_drift/data/webdataset.py)."""
+    checker; t2i_drift/data/shapes.py), ``photos`` (crops of scikit-image's sample photographs,
+    captioned by subject: textured natural images; t2i_drift/data/photos.py), ``hf`` (``data.path``
+    through HF datasets) or ``webdataset`` (tar shards at ``data.path``; t2i_drift/data/webdataset.py)."""
     path: str | None = None
     """``hf``: a hub dataset name, a local imagefolder (images + metadata.jsonl/csv), or parquet /
     arrow files (a glob works). ``webdataset``: shard URL(s): a path, a brace pattern
@@ -205,13 +206,34 @@ class HubFeatureConfig:
     official release does with ConvNeXt-V2."""
 
 
-FEATURE_ENCODERS = ("raw", "effnet", "mae", "hub")
+@dataclass
+class VAEFeatureConfig:
+    """The encoder of a frozen diffusers AutoencoderKL (e.g. scripts/train_vae.py's) as keys of a
+    pixel-space generator (t2i_drift/models/vae_features.py); in a latent run it reads the decoded
+    latents, like the other pixel encoders."""
+
+    path: str = ""
+    """Hub id or local folder of the AutoencoderKL."""
+    subfolder: str | None = None
+    """Its subfolder (e.g. ``vae`` inside a pipeline folder)."""
+    maps: list[str] = field(default_factory=lambda: ["latent"])
+    """Encoder maps giving feature sets: ``down0``..., ``mid``, ``latent`` (the scaled posterior mean)."""
+    flat: bool = True
+    """Also the scaled latent as one vector, ``vae.latent/flat`` (needs ``latent`` in ``maps``):
+    the key a latent-space generator's raw output gives."""
+    weight: float = 1.0
+    """Loss weight of every VAE key."""
+
+
+FEATURE_ENCODERS = ("raw", "effnet", "mae", "hub", "vae")
+LEARNED_ENCODERS = FEATURE_ENCODERS[1:]
+"""The encoders other than ``raw``: the ones ``random_shift`` and ``sure_fraction`` act on."""
 
 
 @dataclass
 class FeaturesConfig:
     """Frozen feature encoders whose keys enter the drifting loss, each with its own weight; null
-    switches an encoder off. With ``model.vae`` the pixel-space encoders (``effnet``, ``hub``) see
+    switches an encoder off. With ``model.vae`` the pixel-space encoders (``effnet``, ``hub``, ``vae``) see
     the VAE-decoded latents (frozen but differentiable decoder)."""
 
     raw: RawFeatureConfig | None = field(default_factory=RawFeatureConfig)
@@ -220,6 +242,8 @@ class FeaturesConfig:
     (docs/results.md "Feature spaces")."""
     mae: MAEFeatureConfig | None = None
     hub: HubFeatureConfig | None = None
+    vae: VAEFeatureConfig | None = None
+    """Off by default: a VAE trained on the data (docs/method.md section 4)."""
     patch_sizes: list[int] = field(default_factory=lambda: [2, 4])
     """Patch mean/std sets of every encoder's feature maps (docs/method.md section 4)."""
     per_location: bool = True
@@ -247,7 +271,9 @@ class FeaturesConfig:
     sure_patch: int = 0
     """With ``sure_fraction`` < 1: 0 ranks whole samples; k > 0 ranks k x k cells of the generator's
     output (pixels, or latent cells) over the batch, so the encoders teach the parts of a sample
-    nearest its paired image (k must divide the output side)."""
+    nearest its paired image (k must divide the output side). Those are mostly background: small
+    cells then leave the encoders' gradient on the background alone, which collapsed a latent run
+    (docs/results.md "The paper's full recipe offline")."""
     channels_last: bool = False
     """Run the frozen convolutional encoders (MAE, EfficientNet) in channels-last memory format
     (faster convolutions on GPUs with bf16; scripts/bench_train.py measures it)."""
@@ -596,6 +622,12 @@ def validate_config(cfg: Config, source: str = "config") -> None:
         ("features.mae.path", cfg.features.mae is None or bool(cfg.features.mae.path), "must be set"),
         *_feature_option_checks(cfg.features),
         ("features.hub.name", cfg.features.hub is None or bool(cfg.features.hub.name), "must be set"),
+        ("features.vae.path", cfg.features.vae is None or bool(cfg.features.vae.path), "must be set"),
+        (
+            "features.vae.flat",
+            cfg.features.vae is None or not cfg.features.vae.flat or "latent" in cfg.features.vae.maps,
+            "needs 'latent' in features.vae.maps",
+        ),
         (
             "text.token_sources",
             cfg.text.encoder_2 is not None or "text_encoder_2" not in cfg.text.token_sources,
@@ -735,14 +767,14 @@ def _feature_option_checks(f: FeaturesConfig) -> list[tuple[str, bool, str]]:
         ("features.random_shift", f.random_shift >= 0, "must be >= 0 (0: off)"),
         (
             "features.random_shift",
-            f.random_shift == 0 or any(getattr(f, name) is not None for name in ("effnet", "mae", "hub")),
-            "shifts the input of the effnet / mae / hub encoders, but none is configured",
+            f.random_shift == 0 or any(getattr(f, name) is not None for name in LEARNED_ENCODERS),
+            "shifts the input of the effnet / mae / hub / vae encoders, but none is configured",
         ),
         ("features.sure_fraction", 0.0 < f.sure_fraction <= 1.0, "must be in (0, 1] (1: every sample)"),
         (
             "features.sure_fraction",
-            f.sure_fraction == 1.0 or any(getattr(f, name) is not None for name in ("effnet", "mae", "hub")),
-            "gates the effnet / mae / hub encoders' gradient, but none is configured",
+            f.sure_fraction == 1.0 or any(getattr(f, name) is not None for name in LEARNED_ENCODERS),
+            "gates the effnet / mae / hub / vae encoders' gradient, but none is configured",
         ),
         ("features.sure_patch", f.sure_patch >= 0, "must be >= 0 (0: one gate per sample)"),
         (
