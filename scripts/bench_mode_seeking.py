@@ -38,7 +38,10 @@ photograph, and the samples start at the mean crop. There is no checker; instead
 ``coverage`` the rows give ``landed``, the share of samples at most a quarter as far from their
 nearest real crop as the mean crop is, ``distinct``, the share of a caption's samples whose nearest
 crops differ, and ``detail``, the samples' squared difference between neighbouring pixels over the
-real crops' (about 1 for a texture like the real ones, near 0 for a blur, above 1 for noise).
+real crops' (about 1 for a texture like the real ones, near 0 for a blur, above 1 for noise),
+and after each variant the same three per subject at the last step, next to ``mean / nn``: the
+crops' distance to their mean over that to their nearest other crop (below 1: raw distances
+favour the blurred mean over every real crop).
 On textures the mean crop is nearer to every crop than the crops are to each other: the case
 where the paper says raw distances stop ranking images. ``--space effnet`` or ``effnet+raw`` puts
 the ImageNet EfficientNet-Lite0's keys (blocks 2, 4 and 10 at 64 px) in the field.
@@ -117,6 +120,17 @@ def photo_metrics(xs: torch.Tensor, bank: torch.Tensor, mean: torch.Tensor) -> d
     return {"landed": landed.float().mean().item(), "distinct": distinct, "detail": detail_ratio(xs, bank)}
 
 
+def mean_over_neighbour(bank: torch.Tensor) -> torch.Tensor:
+    """Per caption of bank [C, R, c, h, w]: the mean squared distance of its images to their mean
+    over that to their nearest other image, [C]. Below 1 the mean image is nearer to every image
+    than the images are to each other: raw distances then favour a blur over any real image."""
+    flat = bank.flatten(2)  # [C, R, D]
+    to_mean = (flat - flat.mean(1, keepdim=True)).pow(2).mean(-1).mean(1)
+    pairwise = torch.cdist(flat, flat).pow(2) / flat.shape[-1]  # [C, R, R]
+    pairwise = pairwise + torch.diag(torch.full((flat.shape[1],), float("inf")))
+    return to_mean / pairwise.min(-1).values.mean(1)
+
+
 def run_variant(
     groups: list | None,
     bank: torch.Tensor,
@@ -165,7 +179,12 @@ def run_variant(
                     "to_nearest": nearest.mean().item(),
                 }
                 if groups is None:
-                    row.update(photo_metrics(xs.view(C, samples, *xs.shape[1:]), bank, mean))
+                    per_caption = xs.view(C, samples, *xs.shape[1:])
+                    row.update(photo_metrics(per_caption, bank, mean))
+                    row["by_caption"] = [
+                        photo_metrics(per_caption[c : c + 1], bank[c : c + 1], mean[c : c + 1])
+                        for c in range(C)
+                    ]
                 else:
                     acc = group_accuracy(images.clamp(-1, 1), [grp for grp in groups for _ in range(samples)])
                     row.update(all=acc["all_attributes"], coverage=acc["coverage"])
@@ -293,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"| {name} | {r['step']} | {first} | {r['to_mean']:.4f} | {r['to_nearest']:.4f} |", flush=True
             )
+        if groups is None:  # the last step, per subject: textures and objects behave differently
+            ratio = mean_over_neighbour(bank)
+            print(f"\n{name}, step {rows[-1]['step']}, per subject (mean / nn: mean_over_neighbour):")
+            print("| subject | mean / nn | landed | distinct | detail |\n|---|--:|--:|--:|--:|")
+            for c, (caption, m) in enumerate(zip(PHOTOS, rows[-1]["by_caption"], strict=False)):
+                values = f"{ratio[c]:.2f} | {m['landed']:.2f} | {m['distinct']:.2f} | {m['detail']:.2f}"
+                print(f"| {caption} | {values} |")
+            print()
     return 0
 
 

@@ -94,6 +94,11 @@ def test_mode_seeking_probe_on_photos_reports_landing_and_detail(capsys):
     assert "2 photo subjects x 20 crops" in out and "| variant | step | landed | distinct | detail |" in out
     first = next(line for line in out.splitlines() if line.startswith("| a | 0 |"))
     assert len(first.split("|")) == 9  # variant, step, landed, distinct, detail, to mean, to nearest
+    assert "a, step 4, per subject" in out and "| subject | mean / nn | landed |" in out
+    assert "| grass |" in out and "| gravel |" not in out
+    # textures: the mean crop is nearer to every crop than the crops are to each other
+    ratio = module.mean_over_neighbour(photo_crops(["gravel", "astronaut"], 20))
+    assert ratio[0] < 1 < ratio[1] * 2 and ratio[0] < ratio[1]
     for bad, word in ((["--captions", "15"], "--captions"), (["--vae", "x"], "--vae")):
         with pytest.raises(SystemExit) as err:
             module.main(["--data", "photos", *bad])
