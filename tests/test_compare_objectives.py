@@ -127,7 +127,9 @@ def test_report_table_and_plot_from_synthetic_results(tmp_path, data):
         assert drifting[5] == "139.1 / 149.1" and "**40.0**" in text and "not FID" in text
     elif data == "photos":
         assert drifting[5:8] == ["149.1", "30.0%", "0.60"] and "chance 7.1%" in text
-        assert rows[-1][0].startswith("real validation crops") and rows[-1][5] == "40.0 (training crops)"
+        assert (
+            rows[-1][0].startswith("real validation crops") and rows[-1][5] == "40.0 (training-split crops)"
+        )
     else:
         assert drifting[5] == "30.0% / 15.0%" and rows[-1][0].startswith("real renders")
 

@@ -3,12 +3,13 @@ natural images (brick, grass, gravel, the moon, a cat, galaxies, ...), captioned
 
 Why: the built-in captioned sets (OpenMoji, shapes) are flat-coloured drawings, on which raw pixel
 distances rank images well. The paper needed a feature encoder for textured natural images, whose
-raw distances concentrate; these crops are the closest such images available offline, for probes
-of the drifting field (scripts/bench_mode_seeking.py ``--data photos``). Each subject gives many
-different crops, so a caption has many images, as a class does in the paper.
+raw distances concentrate; these crops are the closest such images available offline: a training
+set (``data.name: photos``), an evaluation suite (eval/suites.py) and probes of the drifting field
+(scripts/bench_mode_seeking.py ``--data photos``). Each subject gives many different crops, so a
+caption has many images, as a class does in the paper.
 
-Images: scikit-image's ``skimage.data`` (public-domain or permissively licensed sample images; see
-its documentation), grey ones repeated over three channels.
+Images: scikit-image's ``skimage.data`` (see its documentation for each photograph's source and
+license), grey ones repeated over three channels.
 """
 
 from __future__ import annotations

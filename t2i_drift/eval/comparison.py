@@ -211,7 +211,7 @@ def table_rows(
             [
                 f"real validation crops ({ref['images_per_subject']} per subject)",
                 *["-"] * 4,
-                f"{_num(ref['fd_real_train_val'])} (training crops)",
+                f"{_num(ref['fd_real_train_val'])} (training-split crops)",
                 _pct(ref["subject_accuracy_real_val"]),
                 "1.00",
                 _num(div.get("pixel_rms"), 4),
@@ -359,8 +359,9 @@ def write_report(
         lines += [
             f"{ref['subjects']} photo subjects, {ref['images_per_subject']} generated images each against "
             "as many validation crops of the subject (other crops of the same photographs). FD-EffNetLite0 "
-            "over all subjects; the last row's FD is training crops against validation crops (the floor). "
-            "Subject accuracy: the generated image's nearest training crop (cosine, EfficientNet-Lite0) "
+            "over all subjects; the last row's FD is training-split crops against validation crops "
+            "(the floor). "
+            "Subject accuracy: the generated image's nearest reference crop (cosine, EfficientNet-Lite0) "
             f"shows its subject (chance {_pct(ref['subject_chance'])}). Detail: neighbouring-pixel "
             "difference energy over the real crops' (1: as detailed as real, near 0: a blur).",
         ]

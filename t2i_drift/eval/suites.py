@@ -12,8 +12,9 @@ checker's ceiling, real-image diversity) and then scores any number of (pipeline
 ``photos``
     ``num`` images (default 32) for each photo subject, against the validation crops of the subject
     (32 each, other crops of the same photographs): FD-EffNetLite0 over all subjects, next to the
-    floor (training crops against validation crops); subject accuracy (is a generated image's
-    nearest training crop, cosine in EfficientNet-Lite0 features, of its own subject?) next to the
+    floor (training-split crops against validation crops); subject accuracy (is a generated image's
+    nearest reference crop, cosine in EfficientNet-Lite0 features, of its own subject? The reference
+    crops are drawn with the training split's seed, up to 64 per subject) next to the
     validation crops' own; the detail ratio (eval/detail.py: about 1 for real texture, near 0
     for a blur); per-prompt diversity against the real crops'; latency.
 ``shapes``
@@ -60,7 +61,7 @@ from t2i_drift.pipelines import TextToImagePipeline
 
 DATA = ("openmoji", "shapes", "photos")
 DEFAULT_PHOTOS_NUM = 32
-PHOTOS_REFERENCE_CROPS = 64  # most training crops per subject the subject accuracy searches
+PHOTOS_REFERENCE_CROPS = 64  # most reference crops (training split's seed) per subject
 DEFAULT_OPENMOJI_NUM = 1000
 
 METRIC_NOTES = {
@@ -71,7 +72,7 @@ METRIC_NOTES = {
     "images of different prompts (between_prompts); pixel_rms: RMS difference in [-1, 1] units; "
     "effnet_l2: Euclidean distance of pooled EfficientNet-Lite0 features",
     "latency": "seconds per image around the pipeline calls (after one warm-up call) at batch_size",
-    "subject": "photos: share of generated images whose nearest training crop (cosine, EfficientNet-Lite0 "
+    "subject": "photos: share of generated images whose nearest reference crop (cosine, EfficientNet-Lite0 "
     "features) shows their own subject",
     "detail": "photos: mean squared neighbouring-pixel difference of the generated images over the real "
     "crops', averaged over subjects (1: as detailed as real; near 0: blurs)",
@@ -246,7 +247,7 @@ class PhotosSuite:
         self.labels_val = np.repeat(np.arange(P), self.per_subject)
         self.f_real_train = _features(embedder, real_train, "real train")
         self.f_real_val = _features(embedder, self.real_val, "real val")
-        # the floor: as many training crops per subject as validation crops
+        # the floor: as many reference crops per subject as validation crops
         floor_rows = (
             np.arange(P)[:, None] * self.reference_crops
             + np.arange(min(self.per_subject, self.reference_crops))

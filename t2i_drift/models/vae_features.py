@@ -7,7 +7,9 @@ spaces"). An autoencoder's encoder is trained so that its latent *reconstructs* 
 inputs with the same latent decode to the same picture, so matching the latent leaves little room
 for a texture. Drifting a latent generator in that space beats drifting a pixel generator in
 pixels; this encoder gives a pixel generator the same geometry as a key, without a decoder at
-sampling time.
+sampling time. Measured on OpenMoji, the flat latent key passes the free-pixel probe but costs the
+generator 3-8 FD, and the per-location and statistic sets bring the texture back (docs/results.md
+"A VAE's encoder as keys").
 
 ``images`` [N, 3, H, W] in [-1, 1] -> the encoder's maps, each giving the official feature sets
 (per-location, global and patch mean/std; docs/method.md section 4):
