@@ -103,3 +103,10 @@ def test_mode_seeking_probe_on_photos_reports_landing_and_detail(capsys):
         with pytest.raises(SystemExit) as err:
             module.main(["--data", "photos", *bad])
         assert err.value.code == 2 and f"argument {word}" in capsys.readouterr().err
+
+
+def test_model_card_names_the_photographs_source():
+    from t2i_drift.model_card import _dataset
+
+    description, attribution, hub_ids = _dataset({"name": "photos"})
+    assert "scikit-image" in description and "skimage.data" in attribution and hub_ids is None
