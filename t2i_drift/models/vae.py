@@ -49,8 +49,13 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     The distribution's mode, not a sample: positives stay deterministic, and a cached latent equals
     the one the trainer would compute.
     """
-    latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
-    return ((latents - _shift(vae)) * vae.config.scaling_factor).float()
+    return scale_latents(vae, vae.encode(pixels.to(vae.dtype)).latent_dist.mode()).float()
+
+
+def scale_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Raw posterior latents [B, C, h, w] -> the scaled latents pipelines sample in:
+    ``(latents - shift_factor) * scaling_factor``. Differentiable (the VAE-encoder keys use it)."""
+    return (latents - _shift(vae)) * vae.config.scaling_factor
 
 
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:

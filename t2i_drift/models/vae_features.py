@@ -32,6 +32,7 @@ from diffusers import AutoencoderKL
 
 from t2i_drift.drifting.feature_sets import flattened, map_feature_sets
 from t2i_drift.models.feature_encoders import FrozenEncoder
+from t2i_drift.models.vae import scale_latents
 
 LATENT_MAP = "latent"
 MID_MAP = "mid"
@@ -75,6 +76,7 @@ class AutoencoderFeatures(FrozenEncoder):
             raise ValueError(f"flat=True needs the {LATENT_MAP!r} map among maps={list(maps)}")
         self.vae = vae
         self.maps = [m for m in valid if m in maps]  # shallow to deep, each once
+        self.deepest = valid.index(self.maps[-1])  # the encoder runs no further
         self.patch_sizes = tuple(patch_sizes)
         self.per_location = per_location
         self.flat = flat
@@ -85,14 +87,13 @@ class AutoencoderFeatures(FrozenEncoder):
         """images [N, 3, H, W] -> dict name -> [N, C_i, h_i, w_i] for the requested maps, in the
         VAE's dtype. Runs the encoder only as deep as the deepest requested map."""
         encoder, wanted = self.vae.encoder, set(self.maps)
-        deepest = max(autoencoder_map_names(self.vae).index(m) for m in self.maps)
         out: dict[str, torch.Tensor] = {}
         x = encoder.conv_in(images.to(self.vae.dtype))
         for i, block in enumerate(encoder.down_blocks):
             x = block(x)
             if f"down{i}" in wanted:
                 out[f"down{i}"] = x
-            if i == deepest:
+            if i == self.deepest:
                 return out
         x = encoder.mid_block(x)
         if MID_MAP in wanted:
@@ -101,9 +102,7 @@ class AutoencoderFeatures(FrozenEncoder):
             x = encoder.conv_out(encoder.conv_act(encoder.conv_norm_out(x)))
             if self.vae.quant_conv is not None:
                 x = self.vae.quant_conv(x)
-            mean = x.chunk(2, dim=1)[0]  # moments = [mean, logvar] along channels
-            shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-            out[LATENT_MAP] = (mean - shift) * self.vae.config.scaling_factor
+            out[LATENT_MAP] = scale_latents(self.vae, x.chunk(2, dim=1)[0])  # moments = [mean, logvar]
         return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
